@@ -1,0 +1,29 @@
+// Command ferry gives a network namespace a network without root: a TAP
+// device inside the namespace attached to gVisor's userspace TCP/IP stack,
+// NATed through ordinary host sockets.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/ferrynet/ferry/nsenter"
+)
+
+func main() {
+	nsenter.MaybeRunHelper()
+	if err := newRootCommand().Execute(); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintf(os.Stderr, "ferry: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// exitError ends ferry with a status code and no further message.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }

@@ -1,0 +1,155 @@
+package nsenter
+
+/*
+// The constructor in nsenter.c runs before the Go runtime starts.
+*/
+import "C"
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferrynet/ferry/tap"
+)
+
+// Environment variables read by the constructor in nsenter.c.
+const (
+	envNet  = "_FERRY_NSENTER_NET"
+	envUser = "_FERRY_NSENTER_USER"
+	envSock = "_FERRY_NSENTER_SOCK"
+	envReq  = "_FERRY_NSENTER_REQ"
+)
+
+// helperFD is the helper's end of the socket pair (the first of ExtraFiles).
+const helperFD = 3
+
+// helperReply is what the helper sends back, with the TAP fd as ancillary data
+// on success.
+type helperReply struct {
+	Error string `json:"error,omitempty"`
+}
+
+// OpenTAP creates the TAP device described by cfg inside the target's
+// network namespace (joining the user namespace that owns it, or
+// t.UsernsPath), configures it when cfg.Configure is set, and returns the
+// TAP's file descriptor, usable from ferry's own namespaces.
+func OpenTAP(ctx context.Context, t Target, cfg tap.Config) (*os.File, error) {
+	req, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encode helper request: %w", err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	parent := os.NewFile(uintptr(fds[0]), "nsenter-parent")
+	child := os.NewFile(uintptr(fds[1]), "nsenter-child")
+	defer parent.Close()
+
+	self, err := os.Executable()
+	if err != nil {
+		child.Close()
+		return nil, fmt.Errorf("find ferry's own executable: %w", err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, self)
+	cmd.Args = []string{"ferry-nsenter"}
+	cmd.Env = []string{
+		envNet + "=" + t.NetnsPath,
+		envUser + "=" + t.UsernsPath,
+		envSock + "=" + strconv.Itoa(helperFD),
+		envReq + "=" + string(req),
+	}
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		child.Close()
+		return nil, fmt.Errorf("start namespace helper %s: %w", self, err)
+	}
+	child.Close()
+
+	tapFile, replyErr := receiveTAP(parent)
+	waitErr := cmd.Wait()
+	if replyErr != nil {
+		if tapFile != nil {
+			tapFile.Close()
+		}
+		return nil, replyErr
+	}
+	if tapFile == nil {
+		msg := bytes.TrimSpace(stderr.Bytes())
+		if len(msg) == 0 && waitErr != nil {
+			msg = []byte(waitErr.Error())
+		}
+		return nil, fmt.Errorf("namespace helper failed: %s", msg)
+	}
+	return tapFile, nil
+}
+
+// receiveTAP reads the helper's one message: an error text, or the TAP fd.
+func receiveTAP(sock *os.File) (*os.File, error) {
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(int(sock.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("read from namespace helper: %w", err)
+	}
+	if n == 0 && oobn == 0 {
+		return nil, nil // the helper died before saying anything
+	}
+	msg := buf[:n]
+	if len(msg) > 0 && msg[0] == 'E' { // from the C constructor
+		return nil, errors.New(string(msg[1:]))
+	}
+	var reply helperReply
+	if err := json.Unmarshal(msg, &reply); err != nil {
+		return nil, fmt.Errorf("namespace helper: bad reply %q: %w", msg, err)
+	}
+	if reply.Error != "" {
+		return nil, errors.New(reply.Error)
+	}
+	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(cmsgs) != 1 {
+		return nil, fmt.Errorf("namespace helper sent no TAP descriptor")
+	}
+	rights, err := unix.ParseUnixRights(&cmsgs[0])
+	if err != nil || len(rights) != 1 {
+		return nil, fmt.Errorf("namespace helper sent no TAP descriptor")
+	}
+	return os.NewFile(uintptr(rights[0]), "tap"), nil
+}
+
+// MaybeRunHelper runs the namespace helper and exits if this process was
+// started as one; otherwise it returns at once. Call it first in main.
+func MaybeRunHelper() {
+	if os.Getenv(envNet) == "" {
+		return
+	}
+	sock := os.NewFile(helperFD, "nsenter-child")
+	reply := func(r helperReply, oob []byte) {
+		msg, _ := json.Marshal(r)
+		_ = unix.Sendmsg(int(sock.Fd()), msg, oob, nil, 0)
+	}
+	var cfg tap.Config
+	if err := json.Unmarshal([]byte(os.Getenv(envReq)), &cfg); err != nil {
+		reply(helperReply{Error: fmt.Sprintf("namespace helper: bad request: %v", err)}, nil)
+		os.Exit(1)
+	}
+	f, err := tap.Create(cfg)
+	if err != nil {
+		reply(helperReply{Error: err.Error()}, nil)
+		os.Exit(1)
+	}
+	reply(helperReply{}, unix.UnixRights(int(f.Fd())))
+	os.Exit(0)
+}

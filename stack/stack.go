@@ -1,0 +1,206 @@
+// Package stack builds and runs ferry's userspace network: gVisor's netstack
+// on a link endpoint, the virtual network's addresses and routes, and the
+// forwarders that NAT the guest's TCP and UDP flows to ordinary host sockets,
+// with a DNS forwarder at the network's DNS address.
+package stack
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// nicID is the only NIC of the stack: the link to the guest.
+const nicID tcpip.NICID = 1
+
+// Defaults for Config's zero values.
+const (
+	DefaultUDPIdleTimeout = 60 * time.Second
+	defaultDialTimeout    = 30 * time.Second
+	defaultDNSTimeout     = 5 * time.Second
+	maxInFlightSYNs       = 1024
+)
+
+// Config configures a Stack.
+type Config struct {
+	// Link is the link endpoint to the guest (see package tap).
+	Link stack.LinkEndpoint
+	// Network is the virtual network's addressing.
+	Network Network
+	// DisableHostLoopback makes connections to the gateway fail with
+	// "network unreachable" instead of reaching the host's 127.0.0.1.
+	DisableHostLoopback bool
+	// DisableDNS leaves the DNS address silent.
+	DisableDNS bool
+	// DNSUpstreams are the servers ("host:port") the DNS forwarder asks.
+	DNSUpstreams []string
+	// UDPIdleTimeout expires UDP flows without traffic; zero means
+	// DefaultUDPIdleTimeout.
+	UDPIdleTimeout time.Duration
+	// Logger receives the stack's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Stack is a running userspace network for one guest.
+type Stack struct {
+	cfg    Config
+	log    *slog.Logger
+	s      *stack.Stack
+	dialer net.Dialer
+
+	ctx    context.Context // canceled by Close: ends every flow
+	cancel context.CancelFunc
+	flows  sync.WaitGroup
+
+	dns     *dnsForwarder
+	dnsUDP  *gonet.UDPConn
+	dnsTCP  *gonet.TCPListener
+	closeMu sync.Once
+}
+
+// New builds the stack on cfg.Link and starts forwarding.
+func New(cfg Config) (*Stack, error) {
+	if cfg.UDPIdleTimeout <= 0 {
+		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
+		HandleLocal:        false,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	st := &Stack{cfg: cfg, log: log, s: s, ctx: ctx, cancel: cancel, dialer: net.Dialer{Timeout: defaultDialTimeout}}
+	if err := st.setup(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+func (st *Stack) setup() error {
+	s, n := st.s, st.cfg.Network
+	if err := tuneTCP(s); err != nil {
+		return err
+	}
+	if err := s.CreateNICWithOptions(nicID, st.cfg.Link, stack.NICOptions{Name: "guest"}); err != nil {
+		return fmt.Errorf("create NIC: %s", err)
+	}
+	// Promiscuous with spoofing: every destination the guest sends to is
+	// accepted, and replies leave from that destination's address.
+	if err := s.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("set promiscuous mode: %s", err)
+	}
+	if err := s.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("set spoofing: %s", err)
+	}
+	local := []tcpip.Address{tcpip.AddrFrom4(n.Gateway.As4())}
+	if !st.cfg.DisableDNS {
+		local = append(local, tcpip.AddrFrom4(n.DNS.As4()))
+	}
+	for _, a := range local {
+		pa := tcpip.ProtocolAddress{
+			Protocol:          ipv4.ProtocolNumber,
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: a, PrefixLen: n.Prefix.Bits()},
+		}
+		if err := s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+			return fmt.Errorf("add address %s: %s", a, err)
+		}
+	}
+	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
+
+	tcpFwd := tcp.NewForwarder(s, 0, maxInFlightSYNs, st.handleTCP)
+	s.SetTransportProtocolHandler(tcp.ProtocolNumber, st.guard(tcpFwd.HandlePacket))
+	udpFwd := udp.NewForwarder(s, st.handleUDP)
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, st.guard(udpFwd.HandlePacket))
+
+	if !st.cfg.DisableDNS {
+		if err := st.startDNS(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tuneTCP sizes TCP buffers for throughput and turns on SACK.
+func tuneTCP(s *stack.Stack) error {
+	opts := []tcpip.SettableTransportProtocolOption{
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
+		&tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
+	}
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	opts = append(opts, &sack, &moderate)
+	for _, o := range opts {
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			return fmt.Errorf("set TCP option %T: %s", o, err)
+		}
+	}
+	return nil
+}
+
+// startDNS serves the DNS forwarder on the DNS address, port 53, over UDP
+// and TCP.
+func (st *Stack) startDNS() error {
+	addr := tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(st.cfg.Network.DNS.As4()), Port: 53}
+	pc, err := gonet.DialUDP(st.s, &addr, nil, ipv4.ProtocolNumber)
+	if err != nil {
+		return fmt.Errorf("DNS forwarder: listen on %s:53/udp: %w", st.cfg.Network.DNS, err)
+	}
+	l, err := gonet.ListenTCP(st.s, addr, ipv4.ProtocolNumber)
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("DNS forwarder: listen on %s:53/tcp: %w", st.cfg.Network.DNS, err)
+	}
+	st.dns = newDNSForwarder(st.cfg.DNSUpstreams, defaultDNSTimeout, st.log.With("component", "dns"))
+	st.dnsUDP, st.dnsTCP = pc, l
+	st.goFlow(func() { st.dns.servePacket(pc) })
+	st.goFlow(func() { st.dns.serveStream(l) })
+	return nil
+}
+
+// goFlow runs f as one of the stack's tracked goroutines.
+func (st *Stack) goFlow(f func()) {
+	st.flows.Add(1)
+	go func() {
+		defer st.flows.Done()
+		f()
+	}()
+}
+
+// Close stops forwarding, ends every flow and detaches the link endpoint.
+// It is safe to call more than once.
+func (st *Stack) Close() {
+	st.closeMu.Do(func() {
+		st.cancel()
+		if st.dns != nil {
+			st.dns.Close()
+		}
+		if st.dnsUDP != nil {
+			st.dnsUDP.Close()
+		}
+		if st.dnsTCP != nil {
+			st.dnsTCP.Close()
+		}
+		st.s.Close()
+		st.flows.Wait()
+		st.s.Wait()
+		st.s.Destroy()
+	})
+}

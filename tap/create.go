@@ -1,0 +1,120 @@
+package tap
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/songgao/water"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Config describes the TAP device to create and, when Configure is set, the
+// guest's addressing on it.
+type Config struct {
+	// Name is the TAP's interface name, e.g. tap0.
+	Name string `json:"name"`
+	// MTU of the TAP device.
+	MTU int `json:"mtu"`
+	// Configure brings lo and the TAP up, sets Addr and a default route via
+	// Gateway, as slirp4netns -c does.
+	Configure bool `json:"configure,omitempty"`
+	// MAC is the TAP's hardware address; empty means one the kernel picks.
+	MAC string `json:"mac,omitempty"`
+	// Addr is the guest's address with the network's prefix length.
+	Addr netip.Prefix `json:"addr"`
+	// Gateway is the default route's next hop.
+	Gateway netip.Addr `json:"gateway"`
+}
+
+// Create opens /dev/net/tun and creates the TAP device cfg.Name in the
+// calling process's network namespace, then configures it when
+// cfg.Configure is set. The returned file is the TAP's queue.
+func Create(cfg Config) (*os.File, error) {
+	if _, err := netlink.LinkByName(cfg.Name); err == nil {
+		return nil, fmt.Errorf("create TAP device: an interface named %q already exists in the namespace: pass another TAPNAME", cfg.Name)
+	}
+	ifce, err := water.New(water.Config{
+		DeviceType:             water.TAP,
+		PlatformSpecificParams: water.PlatformSpecificParams{Name: cfg.Name},
+	})
+	if err != nil {
+		return nil, explainOpenError(cfg.Name, err)
+	}
+	f, ok := ifce.ReadWriteCloser.(*os.File)
+	if !ok {
+		ifce.Close()
+		return nil, fmt.Errorf("create TAP device %q: unexpected device type %T", cfg.Name, ifce.ReadWriteCloser)
+	}
+	if err := configure(cfg); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// explainOpenError turns the errors of opening /dev/net/tun and TUNSETIFF
+// into sentences that name the fix.
+func explainOpenError(name string, err error) error {
+	switch {
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
+		return fmt.Errorf("open /dev/net/tun: %w: the TUN/TAP device is missing: load the tun module (modprobe tun) or create it (mknod /dev/net/tun c 10 200)", err)
+	case errors.Is(err, unix.EACCES):
+		return fmt.Errorf("open /dev/net/tun: %w: the device must be readable and writable by you (mode 0666, the usual distro default)", err)
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("create TAP device %q: %w: the name is already in use in the namespace: pass another TAPNAME", name, err)
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("create TAP device %q: %w: ferry needs CAP_NET_ADMIN in the namespace's user namespace", name, err)
+	}
+	return fmt.Errorf("create TAP device %q: %w", name, err)
+}
+
+// configure sets up lo and the TAP link as cfg says.
+func configure(cfg Config) error {
+	link, err := netlink.LinkByName(cfg.Name)
+	if err != nil {
+		return fmt.Errorf("find TAP device %q: %w", cfg.Name, err)
+	}
+	if cfg.MTU > 0 {
+		if err := netlink.LinkSetMTU(link, cfg.MTU); err != nil {
+			return fmt.Errorf("set MTU %d on %q: %w", cfg.MTU, cfg.Name, err)
+		}
+	}
+	if cfg.MAC != "" {
+		hw, err := net.ParseMAC(cfg.MAC)
+		if err != nil {
+			return fmt.Errorf("invalid MAC address %q: %w", cfg.MAC, err)
+		}
+		if err := netlink.LinkSetHardwareAddr(link, hw); err != nil {
+			return fmt.Errorf("set MAC address %s on %q: %w", hw, cfg.Name, err)
+		}
+	}
+	if !cfg.Configure {
+		return nil
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring %q up: %w", cfg.Name, err)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{
+		IP:   cfg.Addr.Addr().AsSlice(),
+		Mask: net.CIDRMask(cfg.Addr.Bits(), cfg.Addr.Addr().BitLen()),
+	}}
+	if err := netlink.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("add address %s to %q: %w", cfg.Addr, cfg.Name, err)
+	}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
+	if err := netlink.RouteAdd(route); err != nil {
+		return fmt.Errorf("add default route via %s: %w", cfg.Gateway, err)
+	}
+	return nil
+}
