@@ -27,7 +27,20 @@ const (
 	envUser = "_FERRY_NSENTER_USER"
 	envSock = "_FERRY_NSENTER_SOCK"
 	envReq  = "_FERRY_NSENTER_REQ"
+	// envUnshare holds clone flags to unshare after joining.
+	envUnshare = "_FERRY_NSENTER_UNSHARE"
 )
+
+// JoinEnv returns the environment variables that make a re-executed ferry
+// join t's user and network namespaces, then unshare the namespaces in
+// unshareFlags (e.g. CLONE_NEWNS), before its Go runtime starts.
+func JoinEnv(t Target, unshareFlags uintptr) []string {
+	return []string{
+		envNet + "=" + t.NetnsPath,
+		envUser + "=" + t.UsernsPath,
+		envUnshare + "=" + strconv.FormatUint(uint64(unshareFlags), 10),
+	}
+}
 
 // helperFD is the helper's end of the socket pair (the first of ExtraFiles).
 const helperFD = 3
@@ -63,12 +76,10 @@ func OpenTAP(ctx context.Context, t Target, cfg tap.Config) (*os.File, error) {
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, self)
 	cmd.Args = []string{"ferry-nsenter"}
-	cmd.Env = []string{
-		envNet + "=" + t.NetnsPath,
-		envUser + "=" + t.UsernsPath,
-		envSock + "=" + strconv.Itoa(helperFD),
-		envReq + "=" + string(req),
-	}
+	cmd.Env = append(JoinEnv(t, 0),
+		envSock+"="+strconv.Itoa(helperFD),
+		envReq+"="+string(req),
+	)
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -129,10 +140,10 @@ func receiveTAP(sock *os.File) (*os.File, error) {
 	return os.NewFile(uintptr(rights[0]), "tap"), nil
 }
 
-// MaybeRunHelper runs the namespace helper and exits if this process was
-// started as one; otherwise it returns at once. Call it first in main.
+// MaybeRunHelper runs the TAP helper and exits if this process was started
+// as one by OpenTAP; otherwise it returns at once. Call it first in main.
 func MaybeRunHelper() {
-	if os.Getenv(envNet) == "" {
+	if os.Getenv(envReq) == "" {
 		return
 	}
 	sock := os.NewFile(helperFD, "nsenter-child")

@@ -25,6 +25,7 @@
 #define ENV_NET "_FERRY_NSENTER_NET"
 #define ENV_USER "_FERRY_NSENTER_USER"
 #define ENV_SOCK "_FERRY_NSENTER_SOCK"
+#define ENV_UNSHARE "_FERRY_NSENTER_UNSHARE"
 
 static int report_fd = -1;
 
@@ -39,8 +40,15 @@ static void fail(const char *fmt, ...) {
 	if (report_fd >= 0)
 		send(report_fd, msg, strlen(msg), MSG_NOSIGNAL);
 	else
-		fprintf(stderr, "%s\n", msg + 1);
+		fprintf(stderr, "ferry: %s\n", msg + 1);
 	_exit(1);
+}
+
+// hint names the fix for the errors users meet when joining namespaces.
+static const char *hint(int err) {
+	if (err == EPERM || err == EACCES)
+		return ": run ferry as the user who created the namespace";
+	return "";
 }
 
 static int same_ns(int a, int b) {
@@ -61,7 +69,7 @@ __attribute__((constructor)) static void ferry_nsenter(void) {
 
 	int netfd = open(net, O_RDONLY | O_CLOEXEC);
 	if (netfd < 0)
-		fail("open network namespace %s: %s", net, strerror(errno));
+		fail("open network namespace %s: %s%s", net, strerror(errno), hint(errno));
 
 	int userfd = -1;
 	if (user != NULL && *user != '\0') {
@@ -80,11 +88,17 @@ __attribute__((constructor)) static void ferry_nsenter(void) {
 		if (self < 0)
 			fail("open /proc/self/ns/user: %s", strerror(errno));
 		if (!same_ns(self, userfd) && setns(userfd, CLONE_NEWUSER) < 0)
-			fail("join the user namespace of %s: %s", net, strerror(errno));
+			fail("join the user namespace of %s: %s%s", net, strerror(errno), hint(errno));
 		close(self);
 		close(userfd);
 	}
 	if (setns(netfd, CLONE_NEWNET) < 0)
-		fail("join network namespace %s: %s", net, strerror(errno));
+		fail("join network namespace %s: %s%s", net, strerror(errno), hint(errno));
 	close(netfd);
+
+	// Namespaces of the process's own (a mount namespace for `ferry run`)
+	// can only be unshared while it is single-threaded, too.
+	const char *flags = getenv(ENV_UNSHARE);
+	if (flags != NULL && *flags != '\0' && unshare(atoi(flags)) < 0)
+		fail("unshare namespaces: %s", strerror(errno));
 }

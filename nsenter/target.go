@@ -43,6 +43,9 @@ func PathTarget(netnsPath, usernsPath string) (Target, error) {
 
 func (t Target) check() error {
 	if _, err := os.Stat(t.NetnsPath); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("network namespace %s: operation not permitted: run ferry as the user who created the namespace", t.NetnsPath)
+		}
 		return fmt.Errorf("network namespace: %w", err)
 	}
 	if t.UsernsPath != "" {

@@ -9,10 +9,12 @@ import (
 	"os"
 
 	"github.com/ferrynet/ferry/nsenter"
+	"github.com/ferrynet/ferry/spawn"
 )
 
 func main() {
 	nsenter.MaybeRunHelper()
+	spawn.MaybeRunInit()
 	if err := newRootCommand().Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {

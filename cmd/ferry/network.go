@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/ferrynet/ferry/nsenter"
+	"github.com/ferrynet/ferry/stack"
+	"github.com/ferrynet/ferry/tap"
+)
+
+// netFlags are the flags that shape ferry's userspace network, shared by
+// attach and run.
+type netFlags struct {
+	mtu                 int
+	cidr                string
+	disableHostLoopback bool
+	disableDNS          bool
+	dnsUpstreams        []string
+	udpIdleTimeout      time.Duration
+}
+
+// MTU bounds: IPv4's minimum, and the largest a TAP frame fits in 64 KiB.
+const (
+	minMTU = 68
+	maxMTU = 65521
+)
+
+func (f *netFlags) register(fl *pflag.FlagSet) {
+	fl.IntVarP(&f.mtu, "mtu", "m", 65520, fmt.Sprintf("MTU of the TAP device (%d-%d)", minMTU, maxMTU))
+	fl.StringVar(&f.cidr, "cidr", stack.DefaultCIDR, "IPv4 network of the namespace: gateway +2, DNS +3, guest +100 (prefix length 1-25)")
+	fl.BoolVar(&f.disableHostLoopback, "disable-host-loopback", false, "refuse connections to the gateway (network unreachable) instead of reaching the host's 127.0.0.1")
+	fl.BoolVar(&f.disableDNS, "disable-dns", false, "do not answer DNS at the DNS address (it stays silent)")
+	fl.StringArrayVar(&f.dnsUpstreams, "dns-upstream", nil, "DNS server ADDR[:PORT] the DNS forwarder asks (repeatable; default: the host's /etc/resolv.conf servers)")
+	fl.DurationVar(&f.udpIdleTimeout, "udp-idle-timeout", stack.DefaultUDPIdleTimeout, "close UDP flows idle for this long")
+}
+
+// netConfig is the validated form of netFlags.
+type netConfig struct {
+	tap   tap.Config
+	stack stack.Config
+}
+
+// parse validates the flags, without side effects.
+func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
+	if f.mtu < minMTU || f.mtu > maxMTU {
+		return netConfig{}, fmt.Errorf("invalid MTU %d: MTU must be between %d and %d", f.mtu, minMTU, maxMTU)
+	}
+	prefix, err := stack.ParseCIDR(f.cidr)
+	if err != nil {
+		return netConfig{}, err
+	}
+	if f.udpIdleTimeout <= 0 {
+		return netConfig{}, fmt.Errorf("invalid --udp-idle-timeout %s: must be positive", f.udpIdleTimeout)
+	}
+	if len(tapName) == 0 || len(tapName) >= 16 {
+		return netConfig{}, fmt.Errorf("invalid TAP name %q: must be 1 to 15 characters", tapName)
+	}
+	network := stack.NewNetwork(prefix)
+	var upstreams []string
+	for _, u := range f.dnsUpstreams {
+		addr, err := stack.ParseUpstream(u)
+		if err != nil {
+			return netConfig{}, err
+		}
+		upstreams = append(upstreams, addr)
+	}
+	return netConfig{
+		tap: tap.Config{
+			Name:      tapName,
+			MTU:       f.mtu,
+			Configure: configure,
+			Addr:      network.GuestPrefix(),
+			Gateway:   network.Gateway,
+		},
+		stack: stack.Config{
+			Network:             network,
+			DisableHostLoopback: f.disableHostLoopback,
+			DisableDNS:          f.disableDNS,
+			DNSUpstreams:        upstreams,
+			UDPIdleTimeout:      f.udpIdleTimeout,
+		},
+	}, nil
+}
+
+// network is ferry's userspace network serving one namespace.
+type network struct {
+	tapFile *os.File
+	stack   *stack.Stack
+}
+
+// startNetwork creates the TAP in the target's namespace and runs the stack
+// on it.
+func startNetwork(ctx context.Context, t nsenter.Target, c netConfig, log *slog.Logger) (*network, error) {
+	if len(c.stack.DNSUpstreams) == 0 && !c.stack.DisableDNS {
+		up, err := stack.UpstreamsFromResolvConf("/etc/resolv.conf")
+		if err != nil {
+			log.Warn("no DNS upstream: DNS queries will fail; pass --dns-upstream", "err", err)
+		}
+		c.stack.DNSUpstreams = up
+	}
+	tapFile, err := nsenter.OpenTAP(ctx, t, c.tap)
+	if err != nil {
+		return nil, err
+	}
+	link, err := tap.NewEndpoint(int(tapFile.Fd()), uint32(c.tap.MTU), gatewayMAC(c.stack.Network))
+	if err != nil {
+		tapFile.Close()
+		return nil, err
+	}
+	c.stack.Link = link
+	c.stack.Logger = log
+	st, err := stack.New(c.stack)
+	if err != nil {
+		tapFile.Close()
+		return nil, err
+	}
+	log.Debug("network up", "target", t.NetnsPath, "tap", c.tap.Name, "mtu", c.tap.MTU,
+		"network", c.stack.Network.Prefix, "gateway", c.stack.Network.Gateway, "dns", c.stack.Network.DNS)
+	return &network{tapFile: tapFile, stack: st}, nil
+}
+
+// Close stops the stack and closes the TAP.
+func (n *network) Close() {
+	n.stack.Close()
+	n.tapFile.Close()
+}
+
+// gatewayMAC is the link address of ferry's side of the TAP: 52:55 followed
+// by the gateway's IPv4 address, as libslirp uses.
+func gatewayMAC(n stack.Network) net.HardwareAddr {
+	a := n.Gateway.As4()
+	return net.HardwareAddr{0x52, 0x55, a[0], a[1], a[2], a[3]}
+}

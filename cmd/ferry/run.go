@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrynet/ferry/nsenter"
+	"github.com/ferrynet/ferry/spawn"
+)
+
+// runFlags are the flags of `ferry run`.
+type runFlags struct {
+	net        netFlags
+	mode       string
+	dns        []string
+	dnsSearch  []string
+	dnsOptions []string
+	addHosts   []string
+	hostname   string
+}
+
+func newRunCommand(g *globalFlags) *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARGS...]",
+		Short: "Run a command in its own user, mount and network namespaces with a network",
+		Long: `Run CMD in new user (you are root inside), mount and network namespaces, with
+ferry's userspace network up as 'ferry attach -c' sets it, a generated
+/etc/resolv.conf (nameserver 10.0.2.3) and /etc/hosts bind-mounted over the
+originals inside, and exit with CMD's status. Nothing is left behind.
+
+--net selects the network as Docker's modes do:
+  (default)       ferry's userspace network
+  none            a network namespace with only lo
+  host            the host's network namespace
+  container:PID   the network namespace of process PID, with the user
+                  namespace owning it
+  ns:PATH         the network namespace bind-mounted at PATH, likewise`,
+		Example: `  ferry run -- curl -s http://10.0.2.2:8080/
+  ferry run --hostname web1 --add-host db:10.1.2.3 -- sh`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return fmt.Errorf("missing the command to run: ferry run [flags] -- CMD [ARGS...] (see '%s --help')", cmd.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			code, err := runRun(cmd.Context(), f, args, log)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code}
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.SetInterspersed(false)
+	f.net.register(fl)
+	fl.StringVar(&f.mode, "net", "", "network: the userspace network (default), none, host, container:PID or ns:PATH")
+	fl.StringArrayVar(&f.dns, "dns", nil, "extra nameserver IP for the command's resolv.conf (repeatable)")
+	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "search domain for the command's resolv.conf (repeatable)")
+	fl.StringArrayVar(&f.dnsOptions, "dns-option", nil, "resolver option for the command's resolv.conf, e.g. ndots:2 (repeatable)")
+	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:IP to the command's /etc/hosts; IP may be host-gateway (repeatable)")
+	fl.StringVar(&f.hostname, "hostname", "", "the command's hostname (in its own UTS namespace)")
+	return cmd
+}
+
+// runConfig is the validated form of run's flags.
+type runConfig struct {
+	spawn   spawn.Config
+	net     netConfig
+	userNet bool // ferry's userspace network serves the command
+}
+
+// parseRun validates flags and arguments, without side effects.
+func parseRun(f *runFlags, args []string) (*runConfig, error) {
+	nc, err := f.net.parse("tap0", true)
+	if err != nil {
+		return nil, err
+	}
+	c := &runConfig{net: nc, spawn: spawn.Config{Args: args, Hostname: f.hostname}}
+	if f.hostname != "" && !validHostname(f.hostname) {
+		return nil, fmt.Errorf("invalid --hostname %q: use letters, digits, '-' and '.', at most 64 characters", f.hostname)
+	}
+	switch mode := f.mode; {
+	case mode == "" || mode == "default" || mode == "ferry":
+		c.spawn.Net, c.userNet = spawn.NetNew, true
+	case mode == "none":
+		c.spawn.Net = spawn.NetNew
+	case mode == "host":
+		c.spawn.Net = spawn.NetHost
+	case strings.HasPrefix(mode, "container:"):
+		pid, err := strconv.Atoi(strings.TrimPrefix(mode, "container:"))
+		if err != nil || pid <= 0 {
+			return nil, fmt.Errorf("invalid --net %q: container:PID needs a positive PID", mode)
+		}
+		c.spawn.Net, c.spawn.Join = spawn.NetJoin, nsenter.Target{PID: pid}
+	case strings.HasPrefix(mode, "ns:"):
+		p := strings.TrimPrefix(mode, "ns:")
+		if p == "" {
+			return nil, fmt.Errorf("invalid --net %q: ns:PATH needs a path", mode)
+		}
+		c.spawn.Net, c.spawn.Join = spawn.NetJoin, nsenter.Target{NetnsPath: p}
+	default:
+		return nil, fmt.Errorf("invalid --net %q: use none, host, container:PID or ns:PATH (or leave it out for ferry's network)", mode)
+	}
+
+	network := c.net.stack.Network
+	var nameservers []netip.Addr
+	if c.userNet && !c.net.stack.DisableDNS {
+		nameservers = append(nameservers, network.DNS)
+	}
+	for _, s := range f.dns {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("invalid --dns %q: not an IP address", s)
+		}
+		nameservers = append(nameservers, a)
+	}
+	if c.spawn.Net != spawn.NetHost || len(f.dns) > 0 || len(f.dnsSearch) > 0 || len(f.dnsOptions) > 0 {
+		c.spawn.ResolvConf = resolvConf(nameservers, f.dnsSearch, f.dnsOptions)
+	}
+	hosts, err := parseAddHosts(f.addHosts, network.Gateway)
+	if err != nil {
+		return nil, err
+	}
+	var self netip.Addr
+	if c.userNet {
+		self = network.Guest
+	}
+	c.spawn.Hosts = hostsFile(f.hostname, self, hosts)
+	return c, nil
+}
+
+// runRun runs the command with its network and returns its exit status.
+func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (int, error) {
+	c, err := parseRun(f, args)
+	if err != nil {
+		return 0, err
+	}
+	if c.spawn.Net == spawn.NetJoin {
+		if c.spawn.Join.PID != 0 {
+			c.spawn.Join, err = nsenter.PIDTarget(c.spawn.Join.PID, "")
+		} else {
+			c.spawn.Join, err = nsenter.PathTarget(c.spawn.Join.NetnsPath, "")
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	c.spawn.Stdin, c.spawn.Stdout, c.spawn.Stderr = os.Stdin, os.Stdout, os.Stderr
+
+	// Signals for the command are passed on from now on.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+
+	child, err := spawn.Start(c.spawn)
+	if err != nil {
+		return 0, err
+	}
+	if c.userNet {
+		target, err := nsenter.PIDTarget(child.PID(), "")
+		if err != nil {
+			child.Kill()
+			return 0, err
+		}
+		n, err := startNetwork(ctx, target, c.net, log)
+		if err != nil {
+			child.Kill()
+			return 0, err
+		}
+		defer n.Close()
+	}
+	if err := child.Release(); err != nil {
+		child.Kill()
+		return 0, err
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				child.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return child.Wait()
+}
