@@ -7,8 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
