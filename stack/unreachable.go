@@ -34,12 +34,12 @@ func (st *Stack) guard(next packetHandler) packetHandler {
 func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer, code header.ICMPv4Code) {
 	eth := header.Ethernet(pkt.LinkHeader().Slice())
 	ipHdr := header.IPv4(pkt.NetworkHeader().Slice())
-	if len(eth) < header.EthernetMinimumSize || !ipHdr.IsValid(len(ipHdr)) {
+	payload := append(append([]byte(nil), pkt.TransportHeader().Slice()...), pkt.Data().AsRange().ToSlice()...)
+	if len(eth) < header.EthernetMinimumSize || !ipHdr.IsValid(len(ipHdr)+len(payload)) {
 		return
 	}
 	// RFC 792: the original IP header and the first 8 bytes of its payload.
 	quote := append([]byte(nil), ipHdr[:ipHdr.HeaderLength()]...)
-	payload := append(pkt.TransportHeader().Slice(), pkt.Data().AsRange().ToSlice()...)
 	quote = append(quote, payload[:min(8, len(payload))]...)
 
 	icmpLen := header.ICMPv4MinimumSize + len(quote)
