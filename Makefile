@@ -33,6 +33,7 @@ fuzz:
 	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseCIDR$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseUpstream$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./stack -run '^$$' -fuzz '^FuzzUpstreamsFromResolvConf$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./portspec -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }

@@ -136,6 +136,12 @@ func TestErrors(t *testing.T) {
 		{"MTU 70000", "MTU", func(t *testing.T, w *world) nstest.FerryOpts {
 			return attachArgs(w, "-m", "70000")
 		}},
+		{"MAC without configure", "--macaddr cannot be specified when --configure or -c is not specified", func(t *testing.T, w *world) nstest.FerryOpts {
+			return attachArgs(w, "--macaddress", "02:42:ac:11:00:99")
+		}},
+		{"outbound address garbage", `invalid --outbound-addr "no-such-if0"`, func(t *testing.T, w *world) nstest.FerryOpts {
+			return attachArgs(w, "--outbound-addr", "no-such-if0")
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			w := newWorld(t, time.Minute)

@@ -29,7 +29,7 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 
 	st.flows.Add(1)
 	defer st.flows.Done()
-	host, err := st.dialer.DialContext(st.ctx, "tcp", target)
+	host, err := st.dial(st.ctx, "tcp", target)
 	if err != nil {
 		log.Debug("dial failed", "err", err)
 		r.Complete(true)

@@ -47,7 +47,7 @@ func (st *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 func (st *Stack) runUDP(guest *gonet.UDPConn, target string, src netip.Addr, srcPort uint16) {
 	log := st.log.With("proto", "udp", "guest", netip.AddrPortFrom(src, srcPort), "dst", target)
 	defer guest.Close()
-	host, err := st.dialer.DialContext(st.ctx, "udp", target)
+	host, err := st.dial(st.ctx, "udp", target)
 	if err != nil {
 		log.Debug("dial failed", "err", err)
 		return

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -50,6 +51,9 @@ type Config struct {
 	// UDPIdleTimeout expires UDP flows without traffic; zero means
 	// DefaultUDPIdleTimeout.
 	UDPIdleTimeout time.Duration
+	// OutboundAddr4, when valid, is the local address of the host sockets
+	// that carry the guest's IPv4 flows (--outbound-addr).
+	OutboundAddr4 netip.Addr
 	// Logger receives the stack's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -129,6 +133,7 @@ func (st *Stack) setup() error {
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, st.guard(tcpFwd.HandlePacket))
 	udpFwd := udp.NewForwarder(s, st.handleUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, st.guard(udpFwd.HandlePacket))
+	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, newICMPForwarder(st).handle)
 
 	if !st.cfg.DisableDNS {
 		if err := st.startDNS(); err != nil {
@@ -203,4 +208,27 @@ func (st *Stack) Close() {
 		st.s.Wait()
 		st.s.Destroy()
 	})
+}
+
+// dial connects a host socket for one of the guest's flows, from the
+// outbound address when one is set.
+func (st *Stack) dial(ctx context.Context, network, target string) (net.Conn, error) {
+	d := st.dialer
+	if a := st.cfg.OutboundAddr4; a.IsValid() {
+		switch network {
+		case "tcp":
+			d.LocalAddr = &net.TCPAddr{IP: a.AsSlice()}
+		case "udp":
+			d.LocalAddr = &net.UDPAddr{IP: a.AsSlice()}
+		}
+	}
+	return d.DialContext(ctx, network, target)
+}
+
+// outboundAddr4 is the local address for host ICMP sockets.
+func (st *Stack) outboundAddr4() string {
+	if a := st.cfg.OutboundAddr4; a.IsValid() {
+		return a.String()
+	}
+	return "0.0.0.0"
 }

@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"net/netip"
+
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -42,25 +44,32 @@ func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer, code header.ICMPv4Code
 	quote := append([]byte(nil), ipHdr[:ipHdr.HeaderLength()]...)
 	quote = append(quote, payload[:min(8, len(payload))]...)
 
-	icmpLen := header.ICMPv4MinimumSize + len(quote)
-	totalLen := header.IPv4MinimumSize + icmpLen
+	msg := make([]byte, header.ICMPv4MinimumSize+len(quote))
+	icmp := header.ICMPv4(msg)
+	icmp.SetType(header.ICMPv4DstUnreachable)
+	icmp.SetCode(code)
+	copy(icmp[header.ICMPv4MinimumSize:], quote)
+	st.writeIPv4(eth.SourceAddress(), st.cfg.Network.Gateway, addrOf(ipHdr.SourceAddress()), 64, msg)
+}
+
+// writeIPv4 sends the ICMP message msg (its checksum is filled in here) to
+// the guest's link address, in an IPv4 packet from src to dst.
+func (st *Stack) writeIPv4(guestMAC tcpip.LinkAddress, src, dst netip.Addr, ttl uint8, msg []byte) {
+	header.ICMPv4(msg).SetChecksum(0)
+	header.ICMPv4(msg).SetChecksum(^checksum.Checksum(msg, 0))
+	totalLen := header.IPv4MinimumSize + len(msg)
 	b := make([]byte, totalLen)
 	ip := header.IPv4(b)
 	ip.Encode(&header.IPv4Fields{
 		TotalLength: uint16(totalLen),
-		TTL:         64,
+		TTL:         ttl,
 		Protocol:    uint8(header.ICMPv4ProtocolNumber),
-		SrcAddr:     tcpip.AddrFrom4(st.cfg.Network.Gateway.As4()),
-		DstAddr:     ipHdr.SourceAddress(),
+		SrcAddr:     tcpip.AddrFrom4(src.As4()),
+		DstAddr:     tcpip.AddrFrom4(dst.As4()),
 	})
 	ip.SetChecksum(^ip.CalculateChecksum())
-	icmp := header.ICMPv4(b[header.IPv4MinimumSize:])
-	icmp.SetType(header.ICMPv4DstUnreachable)
-	icmp.SetCode(code)
-	copy(icmp[header.ICMPv4MinimumSize:], quote)
-	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
-
-	if err := st.s.WritePacketToRemote(nicID, eth.SourceAddress(), ipv4.ProtocolNumber, buffer.MakeWithData(b)); err != nil {
-		st.log.Debug("send ICMP unreachable", "to", ipHdr.SourceAddress(), "err", err)
+	copy(b[header.IPv4MinimumSize:], msg)
+	if err := st.s.WritePacketToRemote(nicID, guestMAC, ipv4.ProtocolNumber, buffer.MakeWithData(b)); err != nil {
+		st.log.Debug("write ICMP to the guest", "to", dst, "err", err)
 	}
 }

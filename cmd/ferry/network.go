@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -24,6 +26,8 @@ type netFlags struct {
 	disableDNS          bool
 	dnsUpstreams        []string
 	udpIdleTimeout      time.Duration
+	outboundAddr        string
+	macAddress          string
 }
 
 // MTU bounds: IPv4's minimum, and the largest a TAP frame fits in 64 KiB.
@@ -39,6 +43,8 @@ func (f *netFlags) register(fl *pflag.FlagSet) {
 	fl.BoolVar(&f.disableDNS, "disable-dns", false, "do not answer DNS at the DNS address (it stays silent)")
 	fl.StringArrayVar(&f.dnsUpstreams, "dns-upstream", nil, "DNS server ADDR[:PORT] the DNS forwarder asks (repeatable; default: the host's /etc/resolv.conf servers)")
 	fl.DurationVar(&f.udpIdleTimeout, "udp-idle-timeout", stack.DefaultUDPIdleTimeout, "close UDP flows idle for this long")
+	fl.StringVar(&f.outboundAddr, "outbound-addr", "", "IPv4 address, or interface name, that host sockets for the namespace's flows bind to")
+	fl.StringVar(&f.macAddress, "macaddress", "", "MAC address of the TAP device (with --configure)")
 }
 
 // netConfig is the validated form of netFlags.
@@ -62,6 +68,18 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 	if len(tapName) == 0 || len(tapName) >= 16 {
 		return netConfig{}, fmt.Errorf("invalid TAP name %q: must be 1 to 15 characters", tapName)
 	}
+	if f.macAddress != "" {
+		if !configure {
+			return netConfig{}, errors.New("--macaddr cannot be specified when --configure or -c is not specified")
+		}
+		if hw, err := net.ParseMAC(f.macAddress); err != nil || len(hw) != 6 {
+			return netConfig{}, fmt.Errorf("invalid --macaddress %q: want an Ethernet address like 02:42:ac:11:00:02", f.macAddress)
+		}
+	}
+	outbound, err := outboundAddr4(f.outboundAddr)
+	if err != nil {
+		return netConfig{}, err
+	}
 	network := stack.NewNetwork(prefix)
 	var upstreams []string
 	for _, u := range f.dnsUpstreams {
@@ -76,6 +94,7 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 			Name:      tapName,
 			MTU:       f.mtu,
 			Configure: configure,
+			MAC:       f.macAddress,
 			Addr:      network.GuestPrefix(),
 			Gateway:   network.Gateway,
 		},
@@ -85,8 +104,39 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 			DisableDNS:          f.disableDNS,
 			DNSUpstreams:        upstreams,
 			UDPIdleTimeout:      f.udpIdleTimeout,
+			OutboundAddr4:       outbound,
 		},
 	}, nil
+}
+
+// outboundAddr4 resolves --outbound-addr: an IPv4 address, or the name of an
+// interface whose first IPv4 address is used.
+func outboundAddr4(v string) (netip.Addr, error) {
+	if v == "" {
+		return netip.Addr{}, nil
+	}
+	if a, err := netip.ParseAddr(v); err == nil {
+		if !a.Is4() {
+			return netip.Addr{}, fmt.Errorf("invalid --outbound-addr %q: must be an IPv4 address or an interface name", v)
+		}
+		return a, nil
+	}
+	ifi, err := net.InterfaceByName(v)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("invalid --outbound-addr %q: neither an IPv4 address nor an interface: %w", v, err)
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("--outbound-addr %q: read its addresses: %w", v, err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().Is4() {
+				return ip.Unmap(), nil
+			}
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("--outbound-addr %q: the interface has no IPv4 address", v)
 }
 
 // network is ferry's userspace network serving one namespace.
