@@ -17,6 +17,36 @@ type Network struct {
 	DNS netip.Addr
 	// Guest is network+100: the address recommended for the namespace.
 	Guest netip.Addr
+
+	// Prefix6 is the IPv6 network, invalid when IPv6 is off; Gateway6,
+	// DNS6 and Guest6 are its ::2, ::3 and ::100 (hexadecimal, as in
+	// slirp4netns).
+	Prefix6                netip.Prefix
+	Gateway6, DNS6, Guest6 netip.Addr
+}
+
+// DefaultCIDR6 is the IPv6 network of --enable-ipv6, as in slirp4netns.
+const DefaultCIDR6 = "fd00::/64"
+
+// WithIPv6 returns n with IPv6 on, on the /64 p.
+func (n Network) WithIPv6(p netip.Prefix) Network {
+	base := p.Masked().Addr().As16()
+	at := func(suffix uint16) netip.Addr {
+		b := base
+		b[14], b[15] = byte(suffix>>8), byte(suffix)
+		return netip.AddrFrom16(b)
+	}
+	n.Prefix6 = p.Masked()
+	n.Gateway6, n.DNS6, n.Guest6 = at(0x2), at(0x3), at(0x100)
+	return n
+}
+
+// IPv6 reports whether the network has IPv6.
+func (n Network) IPv6() bool { return n.Prefix6.IsValid() }
+
+// GuestPrefix6 is the guest's IPv6 address with the prefix length.
+func (n Network) GuestPrefix6() netip.Prefix {
+	return netip.PrefixFrom(n.Guest6, n.Prefix6.Bits())
 }
 
 // DefaultCIDR is the network used when none is given.

@@ -72,3 +72,13 @@ func FuzzParseCIDR(f *testing.F) {
 		}
 	})
 }
+
+func TestWithIPv6(t *testing.T) {
+	n := NewNetwork(netip.MustParsePrefix(DefaultCIDR)).WithIPv6(netip.MustParsePrefix(DefaultCIDR6))
+	if n.Gateway6.String() != "fd00::2" || n.DNS6.String() != "fd00::3" || n.Guest6.String() != "fd00::100" || n.GuestPrefix6().String() != "fd00::100/64" {
+		t.Errorf("WithIPv6: gw %s dns %s guest %s", n.Gateway6, n.DNS6, n.GuestPrefix6())
+	}
+	if NewNetwork(netip.MustParsePrefix(DefaultCIDR)).IPv6() {
+		t.Error("IPv6 on without WithIPv6")
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -51,9 +52,10 @@ type Config struct {
 	// UDPIdleTimeout expires UDP flows without traffic; zero means
 	// DefaultUDPIdleTimeout.
 	UDPIdleTimeout time.Duration
-	// OutboundAddr4, when valid, is the local address of the host sockets
-	// that carry the guest's IPv4 flows (--outbound-addr).
-	OutboundAddr4 netip.Addr
+	// OutboundAddr4 and OutboundAddr6, when valid, are the local addresses
+	// of the host sockets that carry the guest's IPv4 and IPv6 flows
+	// (--outbound-addr, --outbound-addr6).
+	OutboundAddr4, OutboundAddr6 netip.Addr
 	// Logger receives the stack's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -70,8 +72,7 @@ type Stack struct {
 	flows  sync.WaitGroup
 
 	dns     *dnsForwarder
-	dnsUDP  *gonet.UDPConn
-	dnsTCP  *gonet.TCPListener
+	closers []func() error // DNS listeners
 	closeMu sync.Once
 }
 
@@ -84,11 +85,20 @@ func New(cfg Config) (*Stack, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := stack.New(stack.Options{
+	opts := stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
-		HandleLocal:        false,
-	})
+	}
+	if cfg.Network.IPv6() {
+		// No duplicate address detection: the addresses are ferry's own on
+		// a link it owns, and usable at once.
+		opts.NetworkProtocols = append(opts.NetworkProtocols, ipv6.NewProtocolWithOptions(ipv6.Options{
+			DADConfigs: stack.DADConfigurations{DupAddrDetectTransmits: 0},
+		}))
+		opts.TransportProtocols = append(opts.TransportProtocols, icmp.NewProtocol6)
+		cfg.Link = newRouterAdvertiser(cfg.Link)
+	}
+	s := stack.New(opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &Stack{cfg: cfg, log: log, s: s, ctx: ctx, cancel: cancel, dialer: net.Dialer{Timeout: defaultDialTimeout}}
 	if err := st.setup(); err != nil {
@@ -114,26 +124,43 @@ func (st *Stack) setup() error {
 	if err := s.SetSpoofing(nicID, true); err != nil {
 		return fmt.Errorf("set spoofing: %s", err)
 	}
-	local := []tcpip.Address{tcpip.AddrFrom4(n.Gateway.As4())}
+	local := []netip.Prefix{netip.PrefixFrom(n.Gateway, n.Prefix.Bits())}
 	if !st.cfg.DisableDNS {
-		local = append(local, tcpip.AddrFrom4(n.DNS.As4()))
+		local = append(local, netip.PrefixFrom(n.DNS, n.Prefix.Bits()))
 	}
-	for _, a := range local {
+	routes := []tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}}
+	if n.IPv6() {
+		local = append(local, netip.PrefixFrom(n.Gateway6, n.Prefix6.Bits()), netip.PrefixFrom(linkLocal(st.cfg.Link.LinkAddress()), 64))
+		if !st.cfg.DisableDNS {
+			local = append(local, netip.PrefixFrom(n.DNS6, n.Prefix6.Bits()))
+		}
+		routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
+	}
+	for _, p := range local {
 		pa := tcpip.ProtocolAddress{
 			Protocol:          ipv4.ProtocolNumber,
-			AddressWithPrefix: tcpip.AddressWithPrefix{Address: a, PrefixLen: n.Prefix.Bits()},
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFromSlice(p.Addr().AsSlice()), PrefixLen: p.Bits()},
+		}
+		if p.Addr().Is6() {
+			pa.Protocol = ipv6.ProtocolNumber
 		}
 		if err := s.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
-			return fmt.Errorf("add address %s: %s", a, err)
+			return fmt.Errorf("add address %s: %s", p, err)
 		}
 	}
-	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
+	s.SetRouteTable(routes)
 
 	tcpFwd := tcp.NewForwarder(s, 0, maxInFlightSYNs, st.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, st.guard(tcpFwd.HandlePacket))
 	udpFwd := udp.NewForwarder(s, st.handleUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, st.guard(udpFwd.HandlePacket))
-	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, newICMPForwarder(st).handle)
+	pings := newICMPForwarder(st)
+	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, pings.handle4)
+	if n.IPv6() {
+		s.SetTransportProtocolHandler(icmp.ProtocolNumber6, pings.handle6)
+		ra := st.cfg.Link.(*routerAdvertiser)
+		st.goFlow(func() { ra.run(st.ctx, st) })
+	}
 
 	if !st.cfg.DisableDNS {
 		if err := st.startDNS(); err != nil {
@@ -160,23 +187,34 @@ func tuneTCP(s *stack.Stack) error {
 	return nil
 }
 
-// startDNS serves the DNS forwarder on the DNS address, port 53, over UDP
+// startDNS serves the DNS forwarder on the DNS addresses, port 53, over UDP
 // and TCP.
 func (st *Stack) startDNS() error {
-	addr := tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(st.cfg.Network.DNS.As4()), Port: 53}
-	pc, err := gonet.DialUDP(st.s, &addr, nil, ipv4.ProtocolNumber)
-	if err != nil {
-		return fmt.Errorf("DNS forwarder: listen on %s:53/udp: %w", st.cfg.Network.DNS, err)
-	}
-	l, err := gonet.ListenTCP(st.s, addr, ipv4.ProtocolNumber)
-	if err != nil {
-		pc.Close()
-		return fmt.Errorf("DNS forwarder: listen on %s:53/tcp: %w", st.cfg.Network.DNS, err)
-	}
+	n := st.cfg.Network
 	st.dns = newDNSForwarder(st.cfg.DNSUpstreams, defaultDNSTimeout, st.log.With("component", "dns"))
-	st.dnsUDP, st.dnsTCP = pc, l
-	st.goFlow(func() { st.dns.servePacket(pc) })
-	st.goFlow(func() { st.dns.serveStream(l) })
+	addrs := []netip.Addr{n.DNS}
+	if n.IPv6() {
+		addrs = append(addrs, n.DNS6)
+	}
+	for _, a := range addrs {
+		proto := ipv4.ProtocolNumber
+		if a.Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		addr := tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(a.AsSlice()), Port: 53}
+		pc, err := gonet.DialUDP(st.s, &addr, nil, proto)
+		if err != nil {
+			return fmt.Errorf("DNS forwarder: listen on %s/udp: %w", netip.AddrPortFrom(a, 53), err)
+		}
+		st.closers = append(st.closers, pc.Close)
+		l, err := gonet.ListenTCP(st.s, addr, proto)
+		if err != nil {
+			return fmt.Errorf("DNS forwarder: listen on %s/tcp: %w", netip.AddrPortFrom(a, 53), err)
+		}
+		st.closers = append(st.closers, l.Close)
+		st.goFlow(func() { st.dns.servePacket(pc) })
+		st.goFlow(func() { st.dns.serveStream(l) })
+	}
 	return nil
 }
 
@@ -197,11 +235,8 @@ func (st *Stack) Close() {
 		if st.dns != nil {
 			st.dns.Close()
 		}
-		if st.dnsUDP != nil {
-			st.dnsUDP.Close()
-		}
-		if st.dnsTCP != nil {
-			st.dnsTCP.Close()
+		for _, c := range st.closers {
+			c()
 		}
 		st.s.Close()
 		st.flows.Wait()
@@ -214,7 +249,15 @@ func (st *Stack) Close() {
 // outbound address when one is set.
 func (st *Stack) dial(ctx context.Context, network, target string) (net.Conn, error) {
 	d := st.dialer
-	if a := st.cfg.OutboundAddr4; a.IsValid() {
+	ap, err := netip.ParseAddrPort(target)
+	if err != nil {
+		return nil, err
+	}
+	a := st.cfg.OutboundAddr4
+	if ap.Addr().Is6() {
+		a = st.cfg.OutboundAddr6
+	}
+	if a.IsValid() {
 		switch network {
 		case "tcp":
 			d.LocalAddr = &net.TCPAddr{IP: a.AsSlice()}
@@ -225,10 +268,15 @@ func (st *Stack) dial(ctx context.Context, network, target string) (net.Conn, er
 	return d.DialContext(ctx, network, target)
 }
 
-// outboundAddr4 is the local address for host ICMP sockets.
-func (st *Stack) outboundAddr4() string {
-	if a := st.cfg.OutboundAddr4; a.IsValid() {
-		return a.String()
+// outboundAddr is the local address for host ICMP sockets of a family.
+func (st *Stack) outboundAddr(is4 bool) string {
+	switch {
+	case is4 && st.cfg.OutboundAddr4.IsValid():
+		return st.cfg.OutboundAddr4.String()
+	case is4:
+		return "0.0.0.0"
+	case st.cfg.OutboundAddr6.IsValid():
+		return st.cfg.OutboundAddr6.String()
 	}
-	return "0.0.0.0"
+	return "::"
 }

@@ -1,13 +1,7 @@
 package stack
 
 import (
-	"net/netip"
-
-	"gvisor.dev/gvisor/pkg/buffer"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -16,60 +10,56 @@ type packetHandler func(stack.TransportEndpointID, *stack.PacketBuffer) bool
 
 // guard wraps a forwarder's packet handler: packets for the gateway, when
 // the host's loopback is disabled, are answered with ICMP "network
-// unreachable" as slirp4netns does, and never reach the forwarder.
+// unreachable" (ICMPv6 "no route") as slirp4netns does, and never reach the
+// forwarder.
 func (st *Stack) guard(next packetHandler) packetHandler {
 	if !st.cfg.DisableHostLoopback {
 		return next
 	}
-	gw := tcpip.AddrFrom4(st.cfg.Network.Gateway.As4())
+	n := st.cfg.Network
 	return func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-		if id.LocalAddress != gw {
+		dst := addrOf(id.LocalAddress)
+		if dst != n.Gateway && (!n.IPv6() || dst != n.Gateway6) {
 			return next(id, pkt)
 		}
-		st.sendUnreachable(pkt, header.ICMPv4NetUnreachable)
+		st.sendUnreachable(pkt)
 		return true
 	}
 }
 
-// sendUnreachable answers pkt, an IPv4 packet from the guest, with an ICMP
-// destination-unreachable message of the given code, sent from the gateway.
-func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer, code header.ICMPv4Code) {
+// sendUnreachable answers pkt, a packet from the guest, with a
+// destination-unreachable message ("network unreachable" for IPv4, "no
+// route to destination" for IPv6) from the address it was sent to.
+func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer) {
 	eth := header.Ethernet(pkt.LinkHeader().Slice())
-	ipHdr := header.IPv4(pkt.NetworkHeader().Slice())
-	payload := append(append([]byte(nil), pkt.TransportHeader().Slice()...), pkt.Data().AsRange().ToSlice()...)
-	if len(eth) < header.EthernetMinimumSize || !ipHdr.IsValid(len(ipHdr)+len(payload)) {
+	if len(eth) < header.EthernetMinimumSize {
 		return
 	}
-	// RFC 792: the original IP header and the first 8 bytes of its payload.
-	quote := append([]byte(nil), ipHdr[:ipHdr.HeaderLength()]...)
-	quote = append(quote, payload[:min(8, len(payload))]...)
-
-	msg := make([]byte, header.ICMPv4MinimumSize+len(quote))
-	icmp := header.ICMPv4(msg)
-	icmp.SetType(header.ICMPv4DstUnreachable)
-	icmp.SetCode(code)
-	copy(icmp[header.ICMPv4MinimumSize:], quote)
-	st.writeIPv4(eth.SourceAddress(), st.cfg.Network.Gateway, addrOf(ipHdr.SourceAddress()), 64, msg)
-}
-
-// writeIPv4 sends the ICMP message msg (its checksum is filled in here) to
-// the guest's link address, in an IPv4 packet from src to dst.
-func (st *Stack) writeIPv4(guestMAC tcpip.LinkAddress, src, dst netip.Addr, ttl uint8, msg []byte) {
-	header.ICMPv4(msg).SetChecksum(0)
-	header.ICMPv4(msg).SetChecksum(^checksum.Checksum(msg, 0))
-	totalLen := header.IPv4MinimumSize + len(msg)
-	b := make([]byte, totalLen)
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(totalLen),
-		TTL:         ttl,
-		Protocol:    uint8(header.ICMPv4ProtocolNumber),
-		SrcAddr:     tcpip.AddrFrom4(src.As4()),
-		DstAddr:     tcpip.AddrFrom4(dst.As4()),
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	copy(b[header.IPv4MinimumSize:], msg)
-	if err := st.s.WritePacketToRemote(nicID, guestMAC, ipv4.ProtocolNumber, buffer.MakeWithData(b)); err != nil {
-		st.log.Debug("write ICMP to the guest", "to", dst, "err", err)
+	netHdr := pkt.NetworkHeader().Slice()
+	payload := append(append([]byte(nil), pkt.TransportHeader().Slice()...), pkt.Data().AsRange().ToSlice()...)
+	var msg []byte
+	var net header.Network
+	if ip4 := header.IPv4(netHdr); len(netHdr) >= header.IPv4MinimumSize && ip4.IsValid(len(netHdr)+len(payload)) {
+		// RFC 792: the original IP header and the first 8 bytes of its payload.
+		quote := append(append([]byte(nil), ip4[:ip4.HeaderLength()]...), payload[:min(8, len(payload))]...)
+		msg = make([]byte, header.ICMPv4MinimumSize+len(quote))
+		h := header.ICMPv4(msg)
+		h.SetType(header.ICMPv4DstUnreachable)
+		h.SetCode(header.ICMPv4NetUnreachable)
+		copy(msg[header.ICMPv4MinimumSize:], quote)
+		net = ip4
+	} else if ip6 := header.IPv6(netHdr); len(netHdr) >= header.IPv6MinimumSize && ip6.IsValid(len(netHdr)+len(payload)) {
+		// RFC 4443: as much of the packet as fits in the minimum MTU.
+		quote := append(append([]byte(nil), netHdr...), payload...)
+		quote = quote[:min(len(quote), header.IPv6MinimumMTU-header.IPv6MinimumSize-header.ICMPv6DstUnreachableMinimumSize)]
+		msg = make([]byte, header.ICMPv6DstUnreachableMinimumSize+len(quote))
+		h := header.ICMPv6(msg)
+		h.SetType(header.ICMPv6DstUnreachable)
+		h.SetCode(header.ICMPv6NetworkUnreachable)
+		copy(msg[header.ICMPv6DstUnreachableMinimumSize:], quote)
+		net = ip6
+	} else {
+		return
 	}
+	st.writeICMP(eth.SourceAddress(), addrOf(net.DestinationAddress()), addrOf(net.SourceAddress()), 64, msg)
 }

@@ -28,6 +28,11 @@ type Config struct {
 	Addr netip.Prefix `json:"addr"`
 	// Gateway is the default route's next hop.
 	Gateway netip.Addr `json:"gateway"`
+	// Addr6 and Gateway6, when valid, are the guest's IPv6 address (added
+	// without duplicate address detection, so it is usable at once) and
+	// the IPv6 default route's next hop.
+	Addr6    netip.Prefix `json:"addr6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
 }
 
 // Create opens /dev/net/tun and creates the TAP device cfg.Name in the
@@ -115,6 +120,20 @@ func configure(cfg Config) error {
 	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
 	if err := netlink.RouteAdd(route); err != nil {
 		return fmt.Errorf("add default route via %s: %w", cfg.Gateway, err)
+	}
+	if !cfg.Addr6.IsValid() {
+		return nil
+	}
+	addr6 := &netlink.Addr{
+		IPNet: &net.IPNet{IP: cfg.Addr6.Addr().AsSlice(), Mask: net.CIDRMask(cfg.Addr6.Bits(), 128)},
+		Flags: unix.IFA_F_NODAD,
+	}
+	if err := netlink.AddrAdd(link, addr6); err != nil {
+		return fmt.Errorf("add address %s to %q: %w", cfg.Addr6, cfg.Name, err)
+	}
+	route6 := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway6.AsSlice(), Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}}
+	if err := netlink.RouteAdd(route6); err != nil {
+		return fmt.Errorf("add IPv6 default route via %s: %w", cfg.Gateway6, err)
 	}
 	return nil
 }

@@ -27,7 +27,9 @@ type netFlags struct {
 	dnsUpstreams        []string
 	udpIdleTimeout      time.Duration
 	outboundAddr        string
+	outboundAddr6       string
 	macAddress          string
+	enableIPv6          bool
 }
 
 // MTU bounds: IPv4's minimum, and the largest a TAP frame fits in 64 KiB.
@@ -44,7 +46,9 @@ func (f *netFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&f.dnsUpstreams, "dns-upstream", nil, "DNS server ADDR[:PORT] the DNS forwarder asks (repeatable; default: the host's /etc/resolv.conf servers)")
 	fl.DurationVar(&f.udpIdleTimeout, "udp-idle-timeout", stack.DefaultUDPIdleTimeout, "close UDP flows idle for this long")
 	fl.StringVar(&f.outboundAddr, "outbound-addr", "", "IPv4 address, or interface name, that host sockets for the namespace's flows bind to")
+	fl.StringVar(&f.outboundAddr6, "outbound-addr6", "", "IPv6 address, or interface name, that host sockets for the namespace's IPv6 flows bind to")
 	fl.StringVar(&f.macAddress, "macaddress", "", "MAC address of the TAP device (with --configure)")
+	fl.BoolVarP(&f.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: fd00::/64, gateway fd00::2 (the host's ::1), DNS fd00::3, Router Advertisements for SLAAC")
 }
 
 // netConfig is the validated form of netFlags.
@@ -76,11 +80,18 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 			return netConfig{}, fmt.Errorf("invalid --macaddress %q: want an Ethernet address like 02:42:ac:11:00:02", f.macAddress)
 		}
 	}
-	outbound, err := outboundAddr4(f.outboundAddr)
+	outbound, err := outboundAddr(f.outboundAddr, "--outbound-addr", false)
+	if err != nil {
+		return netConfig{}, err
+	}
+	outbound6, err := outboundAddr(f.outboundAddr6, "--outbound-addr6", true)
 	if err != nil {
 		return netConfig{}, err
 	}
 	network := stack.NewNetwork(prefix)
+	if f.enableIPv6 {
+		network = network.WithIPv6(netip.MustParsePrefix(stack.DefaultCIDR6))
+	}
 	var upstreams []string
 	for _, u := range f.dnsUpstreams {
 		addr, err := stack.ParseUpstream(u)
@@ -89,7 +100,7 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 		}
 		upstreams = append(upstreams, addr)
 	}
-	return netConfig{
+	c := netConfig{
 		tap: tap.Config{
 			Name:      tapName,
 			MTU:       f.mtu,
@@ -105,38 +116,48 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 			DNSUpstreams:        upstreams,
 			UDPIdleTimeout:      f.udpIdleTimeout,
 			OutboundAddr4:       outbound,
+			OutboundAddr6:       outbound6,
 		},
-	}, nil
+	}
+	if f.enableIPv6 {
+		c.tap.Addr6, c.tap.Gateway6 = network.GuestPrefix6(), network.Gateway6
+	}
+	return c, nil
 }
 
-// outboundAddr4 resolves --outbound-addr: an IPv4 address, or the name of an
-// interface whose first IPv4 address is used.
-func outboundAddr4(v string) (netip.Addr, error) {
+// outboundAddr resolves --outbound-addr (v6 false) or --outbound-addr6: an
+// address of the family, or the name of an interface whose first address of
+// the family is used.
+func outboundAddr(v, flag string, v6 bool) (netip.Addr, error) {
+	family := "IPv4"
+	if v6 {
+		family = "IPv6"
+	}
 	if v == "" {
 		return netip.Addr{}, nil
 	}
 	if a, err := netip.ParseAddr(v); err == nil {
-		if !a.Is4() {
-			return netip.Addr{}, fmt.Errorf("invalid --outbound-addr %q: must be an IPv4 address or an interface name", v)
+		if a.Is6() != v6 {
+			return netip.Addr{}, fmt.Errorf("invalid %s %q: must be an %s address or an interface name", flag, v, family)
 		}
 		return a, nil
 	}
 	ifi, err := net.InterfaceByName(v)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("invalid --outbound-addr %q: neither an IPv4 address nor an interface: %w", v, err)
+		return netip.Addr{}, fmt.Errorf("invalid %s %q: neither an %s address nor an interface: %w", flag, v, family, err)
 	}
 	addrs, err := ifi.Addrs()
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("--outbound-addr %q: read its addresses: %w", v, err)
+		return netip.Addr{}, fmt.Errorf("%s %q: read its addresses: %w", flag, v, err)
 	}
 	for _, a := range addrs {
 		if ipn, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().Is4() {
+			if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().Is6() == v6 && !ip.IsLinkLocalUnicast() {
 				return ip.Unmap(), nil
 			}
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("--outbound-addr %q: the interface has no IPv4 address", v)
+	return netip.Addr{}, fmt.Errorf("%s %q: the interface has no %s address", flag, v, family)
 }
 
 // network is ferry's userspace network serving one namespace.

@@ -124,6 +124,9 @@ func parseRun(f *runFlags, args []string) (*runConfig, error) {
 	var nameservers []netip.Addr
 	if c.userNet && !c.net.stack.DisableDNS {
 		nameservers = append(nameservers, network.DNS)
+		if network.IPv6() {
+			nameservers = append(nameservers, network.DNS6)
+		}
 	}
 	for _, s := range f.dns {
 		a, err := netip.ParseAddr(s)
