@@ -3,6 +3,7 @@ module github.com/ferrynet/ferry
 go 1.26.3
 
 require (
+	github.com/coreos/go-iptables v0.8.0
 	github.com/miekg/dns v1.1.73
 	github.com/songgao/water v0.0.0-20200317203138-2b4b6d7c09d8
 	github.com/spf13/cobra v1.10.2

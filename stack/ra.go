@@ -43,7 +43,7 @@ func (ra *routerAdvertiser) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumb
 	if proto == header.IPv6ProtocolNumber {
 		if b, ok := pkt.Data().PullUp(header.IPv6MinimumSize + 1); ok {
 			ip := header.IPv6(b)
-			if ip.TransportProtocol() == header.ICMPv6ProtocolNumber && b[header.IPv6MinimumSize] == byte(header.ICMPv6RouterSolicit) {
+			if ip.NextHeader() == uint8(header.ICMPv6ProtocolNumber) && b[header.IPv6MinimumSize] == byte(header.ICMPv6RouterSolicit) {
 				select {
 				case ra.solicited <- struct{}{}:
 				default:

@@ -19,6 +19,7 @@ import (
 // attachFlags are the flags of `ferry attach`.
 type attachFlags struct {
 	net        netFlags
+	publish    publishFlags
 	configure  bool
 	readyFD    int
 	exitFD     int
@@ -60,6 +61,7 @@ ferry joins the user namespace that owns the network namespace (or
 	fl := cmd.Flags()
 	fl.BoolVarP(&f.configure, "configure", "c", false, "bring up lo and the TAP in the namespace with the guest address and a default route")
 	f.net.register(fl)
+	f.publish.register(fl)
 	fl.IntVarP(&f.readyFD, "ready-fd", "r", -1, "write \"1\" to this fd and close it once the network is up")
 	fl.IntVarP(&f.exitFD, "exit-fd", "e", -1, "exit when this fd hangs up or becomes readable")
 	fl.StringVar(&f.netnsType, "netns-type", "pid", "how to read the target: pid (a process ID) or path (a network namespace file)")
@@ -108,6 +110,9 @@ func runAttach(ctx context.Context, f *attachFlags, args []string, log *slog.Log
 	if err != nil {
 		return err
 	}
+	if _, err := f.publish.parse(); err != nil {
+		return err
+	}
 	if c.target.PID != 0 {
 		c.target, err = nsenter.PIDTarget(c.target.PID, c.target.UsernsPath)
 	} else {
@@ -132,6 +137,11 @@ func runAttach(ctx context.Context, f *attachFlags, args []string, log *slog.Log
 		return err
 	}
 	defer n.Close()
+	pub, err := startPublishing(ctx, n, &f.publish, log)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
 	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name)
 
 	if c.readyFD >= 0 {

@@ -20,6 +20,7 @@ import (
 // runFlags are the flags of `ferry run`.
 type runFlags struct {
 	net        netFlags
+	publish    publishFlags
 	mode       string
 	dns        []string
 	dnsSearch  []string
@@ -71,6 +72,7 @@ originals inside, and exit with CMD's status. Nothing is left behind.
 	fl := cmd.Flags()
 	fl.SetInterspersed(false)
 	f.net.register(fl)
+	f.publish.register(fl)
 	fl.StringVar(&f.mode, "net", "", "network: the userspace network (default), none, host, container:PID or ns:PATH")
 	fl.StringArrayVar(&f.dns, "dns", nil, "extra nameserver IP for the command's resolv.conf (repeatable)")
 	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "search domain for the command's resolv.conf (repeatable)")
@@ -156,6 +158,12 @@ func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (
 	if err != nil {
 		return 0, err
 	}
+	if _, err := f.publish.parse(); err != nil {
+		return 0, err
+	}
+	if !c.userNet && (len(f.publish.specs) > 0 || f.publish.apiSocket != "") {
+		return 0, fmt.Errorf("-p and --api-socket need ferry's own network, not --net %s", f.mode)
+	}
 	if c.spawn.Net == spawn.NetJoin {
 		if c.spawn.Join.PID != 0 {
 			c.spawn.Join, err = nsenter.PIDTarget(c.spawn.Join.PID, "")
@@ -189,6 +197,12 @@ func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (
 			return 0, err
 		}
 		defer n.Close()
+		pub, err := startPublishing(ctx, n, &f.publish, log)
+		if err != nil {
+			child.Kill()
+			return 0, err
+		}
+		defer pub.Close()
 	}
 	if err := child.Release(); err != nil {
 		child.Kill()

@@ -1,0 +1,105 @@
+package bridge
+
+import "errors"
+
+// reconcile makes the kernel agree with the state before a call does its
+// own work. Every operation records its intent before touching the kernel,
+// so whatever a crash left behind is named by a record:
+//   - a network still creating is undone, one removing is finished;
+//   - an attachment still connecting is undone, one disconnecting is
+//     finished, and one whose namespace has gone (its veth vanished with
+//     it, or its path now names another namespace) is released: address,
+//     rules and veth;
+//   - a network whose DNS responder died gets a new one, and a responder
+//     that belongs to no network is stopped;
+//   - with no network left, ferry's chains and jumps are removed.
+func (s *session) reconcile() error {
+	dirty := false
+	var errs []error
+	for _, n := range sortedNetworks(s.st) {
+		if n.Status != Ready {
+			if err := s.teardownNetwork(n); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			delete(s.st.Networks, n.Name)
+			dirty = true
+			continue
+		}
+		for id, a := range n.Attachments {
+			if a.Status == Ready && !gone(a) {
+				continue
+			}
+			if err := s.teardownAttachment(n, a); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			delete(n.Attachments, id)
+			dirty = true
+		}
+	}
+	if dirty {
+		if err := s.save(); err != nil {
+			return err
+		}
+	}
+	if err := s.reconcileDNS(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(s.st.Networks) == 0 {
+		if ok, err := s.rules.baseExists(); err != nil {
+			errs = append(errs, err)
+		} else if ok {
+			errs = append(errs, s.rules.removeBase())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// gone reports whether a's namespace has gone away.
+func gone(a *Attachment) bool {
+	if ok, err := linkExists(a.HostVeth); err == nil && !ok {
+		return true
+	}
+	id, err := netnsID(a.Netns)
+	return err != nil || id != a.NetnsID
+}
+
+// reconcileDNS stops responders of no network (or duplicates) and starts
+// the missing ones.
+func (s *session) reconcileDNS() error {
+	procs := dnsProcesses(s.dir)
+	byID := map[string]*Network{}
+	for _, n := range s.st.Networks {
+		byID[n.ID] = n
+	}
+	dirty := false
+	var errs []error
+	for pid, id := range procs {
+		n := byID[id]
+		if n != nil && n.DNSPID != pid && !alive(n.DNSPID) {
+			n.DNSPID = pid // started by a call that crashed before recording it
+			dirty = true
+			continue
+		}
+		if n == nil || n.DNSPID != pid {
+			errs = append(errs, stopDNS(pid, s.ch))
+		}
+	}
+	for _, n := range sortedNetworks(s.st) {
+		if procs[n.DNSPID] == n.ID {
+			continue
+		}
+		pid, err := startDNS(s.dir, n, s.ch)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		n.DNSPID = pid
+		dirty = true
+	}
+	if dirty {
+		errs = append(errs, s.save())
+	}
+	return errors.Join(errs...)
+}
