@@ -3,7 +3,7 @@ GO       ?= go
 BIN      ?= bin/ferry
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build demo test unit integration lint fuzz clean
+.PHONY: all build demo test unit integration lint fuzz clean install
 
 all: build
 
@@ -33,6 +33,7 @@ fuzz:
 	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseCIDR$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseUpstream$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./stack -run '^$$' -fuzz '^FuzzUpstreamsFromResolvConf$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseDHCP$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./portspec -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 
 lint:
@@ -40,5 +41,27 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
+# ferry in $(PREFIX)/bin, and a slirp4netns symlink to it in
+# $(PREFIX)/libexec/ferry (point podman's network_cmd_path or RootlessKit's
+# --slirp4netns-binary there); a system slirp4netns is left alone.
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/ferry
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ferry
+	ln -sf $(PREFIX)/bin/ferry $(DESTDIR)$(PREFIX)/libexec/ferry/slirp4netns
+
 clean:
 	rm -rf bin
+
+# Side-by-side benchmark (as root; see bench/README.md): ferry against
+# slirp4netns and pasta, run rootless inside a private namespace. Installs
+# slirp4netns, passt and iperf3 when missing; results go to bench/results/.
+# BENCH_FLAGS passes more flags, e.g. BENCH_FLAGS='-runs 9 -secs 5'.
+BENCH_FLAGS ?=
+.PHONY: bench bench-quick
+bench: build
+	$(GO) run ./bench -ferry $(BIN) $(BENCH_FLAGS)
+
+# One short run of each, so that the harness cannot rot.
+bench-quick: build
+	$(GO) run ./bench -ferry $(BIN) -quick $(BENCH_FLAGS)

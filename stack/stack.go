@@ -167,6 +167,9 @@ func (st *Stack) setup() error {
 			return err
 		}
 	}
+	if err := st.serveDHCP(); err != nil {
+		return err
+	}
 	return nil
 }
 

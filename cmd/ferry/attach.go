@@ -72,9 +72,15 @@ ferry joins the user namespace that owns the network namespace (or
 // attachConfig is the validated form of attach's flags and arguments.
 type attachConfig struct {
 	target  nsenter.Target
+	tapFD   int // an already open TAP (slirp4netns's --netns-type=tapfd), or -1
 	net     netConfig
 	readyFD int
 	exitFD  int
+	// banner, when set, is printed on stdout once the network is up (the
+	// slirp4netns mode's "Starting slirp" lines).
+	banner func(*network)
+	// onEnd, when set, is told why ferry stops.
+	onEnd func(reason string)
 }
 
 // parseAttach validates flags and arguments, without side effects.
@@ -87,7 +93,7 @@ func parseAttach(f *attachFlags, args []string) (*attachConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &attachConfig{net: nc, readyFD: f.readyFD, exitFD: f.exitFD}
+	c := &attachConfig{net: nc, readyFD: f.readyFD, exitFD: f.exitFD, tapFD: -1}
 	switch f.netnsType {
 	case "pid":
 		pid, err := strconv.Atoi(args[0])
@@ -110,12 +116,23 @@ func runAttach(ctx context.Context, f *attachFlags, args []string, log *slog.Log
 	if err != nil {
 		return err
 	}
-	if _, err := f.publish.parse(); err != nil {
+	if err := c.resolve(); err != nil {
 		return err
 	}
-	if c.target.PID != 0 {
+	return serveAttach(ctx, c, &f.publish, log)
+}
+
+// resolve checks that the target exists and the fds are open.
+func (c *attachConfig) resolve() error {
+	var err error
+	switch {
+	case c.tapFD >= 0:
+		if _, err := unix.FcntlInt(uintptr(c.tapFD), unix.F_GETFD, 0); err != nil {
+			return fmt.Errorf("TAP file descriptor %d is not open: %w", c.tapFD, err)
+		}
+	case c.target.PID != 0:
 		c.target, err = nsenter.PIDTarget(c.target.PID, c.target.UsernsPath)
-	} else {
+	default:
 		c.target, err = nsenter.PathTarget(c.target.NetnsPath, c.target.UsernsPath)
 	}
 	if err != nil {
@@ -129,33 +146,52 @@ func runAttach(ctx context.Context, f *attachFlags, args []string, log *slog.Log
 			return fmt.Errorf("file descriptor %d (from --ready-fd or --exit-fd) is not open: %w", fd, err)
 		}
 	}
+	return nil
+}
 
+// serveAttach brings the network up, publishes ports, signals readiness and
+// serves until the end.
+func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *slog.Logger) error {
+	if _, err := pf.parse(); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	n, err := startNetwork(ctx, c.target, c.net, log)
+	var n *network
+	var err error
+	if c.tapFD >= 0 {
+		n, err = startNetworkOn(os.NewFile(uintptr(c.tapFD), "tap"), c.net, log)
+	} else {
+		n, err = startNetwork(ctx, c.target, c.net, log)
+	}
 	if err != nil {
 		return err
 	}
 	defer n.Close()
-	pub, err := startPublishing(ctx, n, &f.publish, log)
+	pub, err := startPublishing(ctx, n, pf, log)
 	if err != nil {
 		return err
 	}
 	defer pub.Close()
 	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name)
-
+	if c.banner != nil {
+		c.banner(n)
+	}
 	if c.readyFD >= 0 {
 		if err := signalReady(c.readyFD); err != nil {
 			return err
 		}
 	}
-	waitForEnd(ctx, c, log)
+	reason := waitForEnd(ctx, c, log)
+	if c.onEnd != nil {
+		c.onEnd(reason)
+	}
 	return nil
 }
 
 // waitForEnd blocks until the target process exits, exit-fd hangs up, or
 // ctx ends (a signal).
-func waitForEnd(ctx context.Context, c *attachConfig, log *slog.Logger) {
+func waitForEnd(ctx context.Context, c *attachConfig, log *slog.Logger) string {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	reason := make(chan string, 2)
@@ -184,8 +220,10 @@ func waitForEnd(ctx context.Context, c *attachConfig, log *slog.Logger) {
 	select {
 	case r := <-reason:
 		log.Info("shutting down", "reason", r)
+		return r
 	case <-ctx.Done():
 		log.Info("shutting down", "reason", "signal")
+		return "signal"
 	}
 }
 

@@ -4,9 +4,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/ferrynet/ferry/nsenter"
 	"github.com/ferrynet/ferry/spawn"
@@ -15,6 +17,9 @@ import (
 func main() {
 	nsenter.MaybeRunHelper()
 	spawn.MaybeRunInit()
+	if filepath.Base(os.Args[0]) == "slirp4netns" {
+		os.Exit(runSlirp4netns(context.Background(), os.Args[0], os.Args[1:], os.Stdout, os.Stderr))
+	}
 	if err := newRootCommand().Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {

@@ -169,16 +169,21 @@ type network struct {
 // startNetwork creates the TAP in the target's namespace and runs the stack
 // on it.
 func startNetwork(ctx context.Context, t nsenter.Target, c netConfig, log *slog.Logger) (*network, error) {
+	tapFile, err := nsenter.OpenTAP(ctx, t, c.tap)
+	if err != nil {
+		return nil, err
+	}
+	return startNetworkOn(tapFile, c, log)
+}
+
+// startNetworkOn runs the stack on an open TAP, which it takes over.
+func startNetworkOn(tapFile *os.File, c netConfig, log *slog.Logger) (*network, error) {
 	if len(c.stack.DNSUpstreams) == 0 && !c.stack.DisableDNS {
 		up, err := stack.UpstreamsFromResolvConf("/etc/resolv.conf")
 		if err != nil {
 			log.Warn("no DNS upstream: DNS queries will fail; pass --dns-upstream", "err", err)
 		}
 		c.stack.DNSUpstreams = up
-	}
-	tapFile, err := nsenter.OpenTAP(ctx, t, c.tap)
-	if err != nil {
-		return nil, err
 	}
 	link, err := tap.NewEndpoint(int(tapFile.Fd()), uint32(c.tap.MTU), gatewayMAC(c.stack.Network))
 	if err != nil {
@@ -192,7 +197,7 @@ func startNetwork(ctx context.Context, t nsenter.Target, c netConfig, log *slog.
 		tapFile.Close()
 		return nil, err
 	}
-	log.Debug("network up", "target", t.NetnsPath, "tap", c.tap.Name, "mtu", c.tap.MTU,
+	log.Debug("network up", "tap", c.tap.Name, "mtu", c.tap.MTU,
 		"network", c.stack.Network.Prefix, "gateway", c.stack.Network.Gateway, "dns", c.stack.Network.DNS)
 	return &network{tapFile: tapFile, stack: st}, nil
 }
