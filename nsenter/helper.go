@@ -48,14 +48,25 @@ const helperFD = 3
 // helperReply is what the helper sends back, with the TAP fd as ancillary data
 // on success.
 type helperReply struct {
-	Error string `json:"error,omitempty"`
+	Error    string `json:"error,omitempty"`
+	VNet     bool   `json:"vnet,omitempty"`
+	Fallback string `json:"fallback,omitempty"`
+}
+
+// TAP is a TAP device's queue, created in another namespace.
+type TAP struct {
+	*os.File
+	// VNet says the queue carries virtio-net headers with offloads.
+	VNet bool
+	// Fallback says why a plain TAP was made instead, if it was.
+	Fallback string
 }
 
 // OpenTAP creates the TAP device described by cfg inside the target's
 // network namespace (joining the user namespace that owns it, or
 // t.UsernsPath), configures it when cfg.Configure is set, and returns the
 // TAP's file descriptor, usable from ferry's own namespaces.
-func OpenTAP(ctx context.Context, t Target, cfg tap.Config) (*os.File, error) {
+func OpenTAP(ctx context.Context, t Target, cfg tap.Config) (*TAP, error) {
 	req, err := json.Marshal(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("encode helper request: %w", err)
@@ -89,7 +100,7 @@ func OpenTAP(ctx context.Context, t Target, cfg tap.Config) (*os.File, error) {
 	}
 	child.Close()
 
-	tapFile, replyErr := receiveTAP(parent)
+	tapFile, reply, replyErr := receiveTAP(parent)
 	waitErr := cmd.Wait()
 	if replyErr != nil {
 		if tapFile != nil {
@@ -104,40 +115,40 @@ func OpenTAP(ctx context.Context, t Target, cfg tap.Config) (*os.File, error) {
 		}
 		return nil, fmt.Errorf("namespace helper failed: %s", msg)
 	}
-	return tapFile, nil
+	return &TAP{File: tapFile, VNet: reply.VNet, Fallback: reply.Fallback}, nil
 }
 
 // receiveTAP reads the helper's one message: an error text, or the TAP fd.
-func receiveTAP(sock *os.File) (*os.File, error) {
+func receiveTAP(sock *os.File) (*os.File, helperReply, error) {
+	var reply helperReply
 	buf := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := unix.Recvmsg(int(sock.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("read from namespace helper: %w", err)
+		return nil, reply, fmt.Errorf("read from namespace helper: %w", err)
 	}
 	if n == 0 && oobn == 0 {
-		return nil, nil // the helper died before saying anything
+		return nil, reply, nil // the helper died before saying anything
 	}
 	msg := buf[:n]
 	if len(msg) > 0 && msg[0] == 'E' { // from the C constructor
-		return nil, errors.New(string(msg[1:]))
+		return nil, reply, errors.New(string(msg[1:]))
 	}
-	var reply helperReply
 	if err := json.Unmarshal(msg, &reply); err != nil {
-		return nil, fmt.Errorf("namespace helper: bad reply %q: %w", msg, err)
+		return nil, reply, fmt.Errorf("namespace helper: bad reply %q: %w", msg, err)
 	}
 	if reply.Error != "" {
-		return nil, errors.New(reply.Error)
+		return nil, reply, errors.New(reply.Error)
 	}
 	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 	if err != nil || len(cmsgs) != 1 {
-		return nil, fmt.Errorf("namespace helper sent no TAP descriptor")
+		return nil, reply, fmt.Errorf("namespace helper sent no TAP descriptor")
 	}
 	rights, err := unix.ParseUnixRights(&cmsgs[0])
 	if err != nil || len(rights) != 1 {
-		return nil, fmt.Errorf("namespace helper sent no TAP descriptor")
+		return nil, reply, fmt.Errorf("namespace helper sent no TAP descriptor")
 	}
-	return os.NewFile(uintptr(rights[0]), "tap"), nil
+	return os.NewFile(uintptr(rights[0]), "tap"), reply, nil
 }
 
 // MaybeRunHelper runs the TAP helper and exits if this process was started
@@ -156,11 +167,15 @@ func MaybeRunHelper() {
 		reply(helperReply{Error: fmt.Sprintf("namespace helper: bad request: %v", err)}, nil)
 		os.Exit(1)
 	}
-	f, err := tap.Create(cfg)
+	q, err := tap.Create(cfg)
 	if err != nil {
 		reply(helperReply{Error: err.Error()}, nil)
 		os.Exit(1)
 	}
-	reply(helperReply{}, unix.UnixRights(int(f.Fd())))
+	r := helperReply{VNet: q.VNet}
+	if q.Fallback != nil {
+		r.Fallback = q.Fallback.Error()
+	}
+	reply(r, unix.UnixRights(int(q.File.Fd())))
 	os.Exit(0)
 }

@@ -33,30 +33,96 @@ type Config struct {
 	// the IPv6 default route's next hop.
 	Addr6    netip.Prefix `json:"addr6,omitzero"`
 	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
+	// Plain asks for a TAP without IFF_VNET_HDR and offloads.
+	Plain bool `json:"plain,omitempty"`
+}
+
+// Queue is a TAP device's queue.
+type Queue struct {
+	File *os.File
+	// VNet says frames carry virtio-net headers, with TSO and checksum
+	// offloads on (see NewEndpoint).
+	VNet bool
+	// Fallback, when set, is why the offloads could not be had.
+	Fallback error
 }
 
 // Create opens /dev/net/tun and creates the TAP device cfg.Name in the
 // calling process's network namespace, then configures it when
-// cfg.Configure is set. The returned file is the TAP's queue.
-func Create(cfg Config) (*os.File, error) {
+// cfg.Configure is set. It asks for virtio-net headers and offloads first,
+// unless cfg.Plain is set, and falls back to a plain TAP when they are
+// refused.
+func Create(cfg Config) (Queue, error) {
 	if _, err := netlink.LinkByName(cfg.Name); err == nil {
-		return nil, fmt.Errorf("create TAP device: an interface named %q already exists in the namespace: pass another TAPNAME", cfg.Name)
+		return Queue{}, fmt.Errorf("create TAP device: an interface named %q already exists in the namespace: pass another TAPNAME", cfg.Name)
 	}
+	var q Queue
+	if !cfg.Plain {
+		f, err := createVNet(cfg.Name)
+		switch {
+		case err == nil:
+			q = Queue{File: f, VNet: true}
+		case errors.Is(err, unix.EACCES), errors.Is(err, unix.ENOENT), errors.Is(err, unix.EBUSY), errors.Is(err, unix.EPERM):
+			return Queue{}, explainOpenError(cfg.Name, err)
+		default:
+			q.Fallback = err // offloads refused: a plain TAP still works
+		}
+	}
+	if q.File == nil {
+		f, err := createPlain(cfg.Name)
+		if err != nil {
+			return Queue{}, err
+		}
+		q.File = f
+	}
+	if err := configure(cfg); err != nil {
+		q.File.Close()
+		return Queue{}, err
+	}
+	return q, nil
+}
+
+// createVNet creates the TAP with IFF_VNET_HDR and TSO and checksum
+// offloads.
+func createVNet(name string) (*os.File, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetHdrLen); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETOFFLOAD: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "tap"), nil
+}
+
+// createPlain creates a TAP without offloads, with songgao/water.
+func createPlain(name string) (*os.File, error) {
 	ifce, err := water.New(water.Config{
 		DeviceType:             water.TAP,
-		PlatformSpecificParams: water.PlatformSpecificParams{Name: cfg.Name},
+		PlatformSpecificParams: water.PlatformSpecificParams{Name: name},
 	})
 	if err != nil {
-		return nil, explainOpenError(cfg.Name, err)
+		return nil, explainOpenError(name, err)
 	}
 	f, ok := ifce.ReadWriteCloser.(*os.File)
 	if !ok {
 		ifce.Close()
-		return nil, fmt.Errorf("create TAP device %q: unexpected device type %T", cfg.Name, ifce.ReadWriteCloser)
-	}
-	if err := configure(cfg); err != nil {
-		f.Close()
-		return nil, err
+		return nil, fmt.Errorf("create TAP device %q: unexpected device type %T", name, ifce.ReadWriteCloser)
 	}
 	return f, nil
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrynet/ferry/nsenter"
+	"github.com/ferrynet/ferry/tap"
 )
 
 // attachFlags are the flags of `ferry attach`.
@@ -160,7 +161,8 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	var n *network
 	var err error
 	if c.tapFD >= 0 {
-		n, err = startNetworkOn(os.NewFile(uintptr(c.tapFD), "tap"), c.net, log)
+		f := os.NewFile(uintptr(c.tapFD), "tap")
+		n, err = startNetworkOn(f, tap.HasVNetHeader(c.tapFD), c.net, log)
 	} else {
 		n, err = startNetwork(ctx, c.target, c.net, log)
 	}

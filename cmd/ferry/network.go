@@ -169,15 +169,19 @@ type network struct {
 // startNetwork creates the TAP in the target's namespace and runs the stack
 // on it.
 func startNetwork(ctx context.Context, t nsenter.Target, c netConfig, log *slog.Logger) (*network, error) {
-	tapFile, err := nsenter.OpenTAP(ctx, t, c.tap)
+	q, err := nsenter.OpenTAP(ctx, t, c.tap)
 	if err != nil {
 		return nil, err
 	}
-	return startNetworkOn(tapFile, c, log)
+	if q.Fallback != "" {
+		log.Info("TAP offloads refused: using a plain TAP (slower)", "reason", q.Fallback)
+	}
+	return startNetworkOn(q.File, q.VNet, c, log)
 }
 
-// startNetworkOn runs the stack on an open TAP, which it takes over.
-func startNetworkOn(tapFile *os.File, c netConfig, log *slog.Logger) (*network, error) {
+// startNetworkOn runs the stack on an open TAP, which it takes over; vnet
+// says it carries virtio-net headers.
+func startNetworkOn(tapFile *os.File, vnet bool, c netConfig, log *slog.Logger) (*network, error) {
 	if len(c.stack.DNSUpstreams) == 0 && !c.stack.DisableDNS {
 		up, err := stack.UpstreamsFromResolvConf("/etc/resolv.conf")
 		if err != nil {
@@ -185,7 +189,7 @@ func startNetworkOn(tapFile *os.File, c netConfig, log *slog.Logger) (*network, 
 		}
 		c.stack.DNSUpstreams = up
 	}
-	link, err := tap.NewEndpoint(int(tapFile.Fd()), uint32(c.tap.MTU), gatewayMAC(c.stack.Network))
+	link, err := tap.NewEndpoint(int(tapFile.Fd()), uint32(c.tap.MTU), gatewayMAC(c.stack.Network), vnet)
 	if err != nil {
 		tapFile.Close()
 		return nil, err
@@ -197,7 +201,7 @@ func startNetworkOn(tapFile *os.File, c netConfig, log *slog.Logger) (*network, 
 		tapFile.Close()
 		return nil, err
 	}
-	log.Debug("network up", "tap", c.tap.Name, "mtu", c.tap.MTU,
+	log.Debug("network up", "tap", c.tap.Name, "mtu", c.tap.MTU, "offloads", vnet,
 		"network", c.stack.Network.Prefix, "gateway", c.stack.Network.Gateway, "dns", c.stack.Network.DNS)
 	return &network{tapFile: tapFile, stack: st}, nil
 }
