@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,7 +66,12 @@ type API struct {
 	log   *slog.Logger
 	l     *net.UnixListener
 	wg    sync.WaitGroup
+	stats atomic.Pointer[func() any]
 }
+
+// SetStats makes the API answer {"execute":"stats"} (ferry's own command,
+// not slirp4netns's) with {"return": f()}.
+func (a *API) SetStats(f func() any) { a.stats.Store(&f) }
 
 // NewAPI returns the protocol handler for pub, without a socket; guest is
 // the address an empty guest_addr means.
@@ -185,6 +191,13 @@ func (a *API) Handle(ctx context.Context, req []byte) []byte {
 		return a.list()
 	case "remove_hostfwd":
 		return a.remove(obj)
+	case "stats":
+		if f := a.stats.Load(); f != nil {
+			b, err := json.Marshal(map[string]any{"return": (*f)()})
+			if err == nil {
+				return b
+			}
+		}
 	}
 	return apiError("unknown execute")
 }

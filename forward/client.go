@@ -123,3 +123,14 @@ func (c Client) Remove(ctx context.Context, id int) error {
 	var r map[string]any
 	return c.call(ctx, request{"remove_hostfwd", map[string]int{"id": id}}, &r)
 }
+
+// Stats returns ferry's counters (the "stats" command) as raw JSON.
+func (c Client) Stats(ctx context.Context) (json.RawMessage, error) {
+	var out struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := c.call(ctx, request{Execute: "stats"}, &out); err != nil {
+		return nil, err
+	}
+	return out.Return, nil
+}

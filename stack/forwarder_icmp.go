@@ -101,7 +101,7 @@ func (f *icmpForwarder) handle(fam *icmpFamily, id stack.TransportEndpointID, pk
 		return false
 	}
 	target, ok := f.st.hostAddr(id.LocalAddress)
-	if !ok || !fam.enabled {
+	if !ok || !fam.enabled || f.st.denied(target) {
 		return true // dropped: never a forged reply
 	}
 	eth := header.Ethernet(pkt.LinkHeader().Slice())
@@ -137,6 +137,7 @@ func (f *icmpForwarder) flow(fam *icmpFamily, key icmpKey, guestMAC tcpip.LinkAd
 	}
 	fl := &icmpFlow{conn: c, guestMAC: guestMAC}
 	f.flows[key] = fl
+	f.st.counters.icmpFlows.Add(1)
 	f.st.goFlow(func() { f.relayReplies(fam, key, fl) })
 	return fl, nil
 }
@@ -149,6 +150,7 @@ func (f *icmpForwarder) relayReplies(fam *icmpFamily, key icmpKey, fl *icmpFlow)
 		delete(f.flows, key)
 		f.mu.Unlock()
 		fl.conn.Close()
+		f.st.counters.icmpFlows.Add(-1)
 	}()
 	stop := context.AfterFunc(f.st.ctx, func() { fl.conn.Close() })
 	defer stop()

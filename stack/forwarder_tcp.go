@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -29,8 +30,19 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 
 	st.flows.Add(1)
 	defer st.flows.Done()
+	defer st.recoverFlow()
+	if n := st.counters.tcpFlows.Add(1); n > int64(st.cfg.MaxTCPFlows) {
+		st.counters.tcpFlows.Add(-1)
+		if st.counters.drop(DropTCPLimit) {
+			log.Warn("TCP flow limit reached: refusing new connections (logged at most every 10s)", "limit", st.cfg.MaxTCPFlows)
+		}
+		r.Complete(true)
+		return
+	}
+	defer st.counters.tcpFlows.Add(-1)
 	host, err := st.dial(st.ctx, "tcp", target)
 	if err != nil {
+		st.counters.drop(DropDial)
 		log.Debug("dial failed", "err", err)
 		r.Complete(true)
 		return
@@ -47,8 +59,20 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	ep.SocketOptions().SetKeepAlive(true)
 	guest := gonet.NewTCPConn(&wq, ep)
 	log.Debug("flow open")
-	proxyTCP(st.ctx, guest, host.(*net.TCPConn))
+	proxyTCP(st.ctx, countedConn{guest, &st.counters.bytesIn}, countedConn{host.(*net.TCPConn), &st.counters.bytesOut})
 	log.Debug("flow closed")
+}
+
+// countedConn counts the bytes written to a connection.
+type countedConn struct {
+	halfCloser
+	n *atomic.Uint64
+}
+
+func (c countedConn) Write(b []byte) (int, error) {
+	n, err := c.halfCloser.Write(b)
+	c.n.Add(uint64(n))
+	return n, err
 }
 
 // halfCloser is a connection whose write side can be shut down alone.

@@ -30,15 +30,26 @@ func (st *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if !ok {
 		return true // dropped silently: broadcast, multicast and the like
 	}
+	if n := st.counters.udpFlows.Add(1); n > int64(st.cfg.MaxUDPFlows) {
+		st.counters.udpFlows.Add(-1)
+		if st.counters.drop(DropUDPLimit) {
+			st.log.Warn("UDP flow limit reached: refusing new flows (logged at most every 10s)", "limit", st.cfg.MaxUDPFlows)
+		}
+		return false // gVisor answers ICMP port unreachable
+	}
 	var wq waiter.Queue
 	ep, err := r.CreateEndpoint(&wq)
 	if err != nil {
+		st.counters.udpFlows.Add(-1)
 		st.log.Debug("udp: create endpoint", "err", err)
 		return true
 	}
 	guest := gonet.NewUDPConn(&wq, ep)
 	target := net.JoinHostPort(dst.String(), strconv.Itoa(int(id.LocalPort)))
-	st.goFlow(func() { st.runUDP(guest, target, addrOf(id.RemoteAddress), id.RemotePort) })
+	st.goFlow(func() {
+		defer st.counters.udpFlows.Add(-1)
+		st.runUDP(guest, target, addrOf(id.RemoteAddress), id.RemotePort)
+	})
 	return true
 }
 
@@ -85,8 +96,8 @@ func (st *Stack) runUDP(guest *gonet.UDPConn, target string, src netip.Addr, src
 			}
 		}
 	}
-	go relay(host, guest)
-	go relay(guest, host)
+	go relay(countingConn{host, &st.counters.bytesOut}, guest)
+	go relay(countingConn{guest, &st.counters.bytesIn}, host)
 	<-done
 	guest.Close()
 	host.Close()
@@ -106,4 +117,16 @@ func isTransient(err error) bool {
 func addrOf(a tcpip.Address) netip.Addr {
 	ip, _ := netip.AddrFromSlice(a.AsSlice())
 	return ip
+}
+
+// countingConn counts the bytes written to a datagram connection.
+type countingConn struct {
+	net.Conn
+	n *atomic.Uint64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n.Add(uint64(n))
+	return n, err
 }

@@ -19,7 +19,7 @@ func (st *Stack) hostAddr(dst tcpip.Address) (addr netip.Addr, ok bool) {
 		return netip.AddrFrom4([4]byte{127, 0, 0, 1}), true
 	case a.Is6() && a == n.Gateway6:
 		return netip.IPv6Loopback(), true
-	case !a.IsValid(), a.IsUnspecified(), a.IsMulticast(), a.IsLoopback(), a.IsLinkLocalUnicast(),
+	case !a.IsValid(), a.IsUnspecified(), a.IsMulticast(), a.IsLoopback(), a.Is6() && a.IsLinkLocalUnicast(),
 		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}),
 		// The virtual networks themselves (the DNS address, the broadcast
 		// address, the guest's neighbours) are never dialed on the host,

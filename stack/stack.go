@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -30,10 +31,12 @@ const nicID tcpip.NICID = 1
 
 // Defaults for Config's zero values.
 const (
-	DefaultUDPIdleTimeout = 60 * time.Second
-	defaultDialTimeout    = 30 * time.Second
-	defaultDNSTimeout     = 5 * time.Second
-	maxInFlightSYNs       = 1024
+	DefaultUDPIdleTimeout  = 60 * time.Second
+	defaultDialTimeout     = 30 * time.Second
+	defaultDNSTimeout      = 5 * time.Second
+	DefaultMaxTCPFlows     = 65536
+	DefaultMaxUDPFlows     = 16384
+	DefaultMaxInFlightSYNs = 1024
 )
 
 // Config configures a Stack.
@@ -56,6 +59,12 @@ type Config struct {
 	// of the host sockets that carry the guest's IPv4 and IPv6 flows
 	// (--outbound-addr, --outbound-addr6).
 	OutboundAddr4, OutboundAddr6 netip.Addr
+	// Fence limits the destinations the guest may reach.
+	Fence Fence
+	// MaxTCPFlows and MaxUDPFlows bound concurrent flows (zero means the
+	// defaults); a flow over the limit is refused, flows already open are
+	// untouched. MaxInFlightSYNs bounds connection attempts still dialing.
+	MaxTCPFlows, MaxUDPFlows, MaxInFlightSYNs int
 	// Logger receives the stack's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -71,15 +80,26 @@ type Stack struct {
 	cancel context.CancelFunc
 	flows  sync.WaitGroup
 
-	dns     *dnsForwarder
-	closers []func() error // DNS listeners
-	closeMu sync.Once
+	dns       *dnsForwarder
+	closers   []func() error // DNS listeners
+	closeMu   sync.Once
+	counters  counters
+	hostAddrs map[netip.Addr]bool // for Fence.DenyHost
 }
 
 // New builds the stack on cfg.Link and starts forwarding.
 func New(cfg Config) (*Stack, error) {
 	if cfg.UDPIdleTimeout <= 0 {
 		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	if cfg.MaxTCPFlows <= 0 {
+		cfg.MaxTCPFlows = DefaultMaxTCPFlows
+	}
+	if cfg.MaxUDPFlows <= 0 {
+		cfg.MaxUDPFlows = DefaultMaxUDPFlows
+	}
+	if cfg.MaxInFlightSYNs <= 0 {
+		cfg.MaxInFlightSYNs = DefaultMaxInFlightSYNs
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -100,7 +120,10 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s := stack.New(opts)
 	ctx, cancel := context.WithCancel(context.Background())
-	st := &Stack{cfg: cfg, log: log, s: s, ctx: ctx, cancel: cancel, dialer: net.Dialer{Timeout: defaultDialTimeout}}
+	st := &Stack{cfg: cfg, log: log, s: s, ctx: ctx, cancel: cancel, dialer: net.Dialer{Timeout: defaultDialTimeout, KeepAlive: 30 * time.Second}}
+	if cfg.Fence.DenyHost {
+		st.hostAddrs = hostAddrs()
+	}
 	if err := st.setup(); err != nil {
 		st.Close()
 		return nil, err
@@ -150,7 +173,7 @@ func (st *Stack) setup() error {
 	}
 	s.SetRouteTable(routes)
 
-	tcpFwd := tcp.NewForwarder(s, 0, maxInFlightSYNs, st.handleTCP)
+	tcpFwd := tcp.NewForwarder(s, 0, st.cfg.MaxInFlightSYNs, st.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, st.guard(tcpFwd.HandlePacket))
 	udpFwd := udp.NewForwarder(s, st.handleUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, st.guard(udpFwd.HandlePacket))
@@ -221,13 +244,24 @@ func (st *Stack) startDNS() error {
 	return nil
 }
 
-// goFlow runs f as one of the stack's tracked goroutines.
+// goFlow runs f as one of the stack's tracked goroutines. A panic in f is
+// logged and ends that flow only.
 func (st *Stack) goFlow(f func()) {
 	st.flows.Add(1)
 	go func() {
 		defer st.flows.Done()
+		defer st.recoverFlow()
 		f()
 	}()
+}
+
+// recoverFlow, deferred in a flow's goroutine, turns a panic into a log line
+// and a counted drop.
+func (st *Stack) recoverFlow() {
+	if r := recover(); r != nil {
+		st.counters.drop(DropPanic)
+		st.log.Error("flow ended by a panic; ferry goes on", "panic", r, "stack", string(debug.Stack()))
+	}
 }
 
 // Close stops forwarding, ends every flow and detaches the link endpoint.

@@ -8,29 +8,10 @@ import (
 // packetHandler is the shape of gVisor's transport protocol handlers.
 type packetHandler func(stack.TransportEndpointID, *stack.PacketBuffer) bool
 
-// guard wraps a forwarder's packet handler: packets for the gateway, when
-// the host's loopback is disabled, are answered with ICMP "network
-// unreachable" (ICMPv6 "no route") as slirp4netns does, and never reach the
-// forwarder.
-func (st *Stack) guard(next packetHandler) packetHandler {
-	if !st.cfg.DisableHostLoopback {
-		return next
-	}
-	n := st.cfg.Network
-	return func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-		dst := addrOf(id.LocalAddress)
-		if dst != n.Gateway && (!n.IPv6() || dst != n.Gateway6) {
-			return next(id, pkt)
-		}
-		st.sendUnreachable(pkt)
-		return true
-	}
-}
-
 // sendUnreachable answers pkt, a packet from the guest, with a
-// destination-unreachable message ("network unreachable" for IPv4, "no
-// route to destination" for IPv6) from the address it was sent to.
-func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer) {
+// destination-unreachable message of code4 (IPv4) or code6 (IPv6) from the
+// address it was sent to.
+func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer, code4 header.ICMPv4Code, code6 header.ICMPv6Code) {
 	eth := header.Ethernet(pkt.LinkHeader().Slice())
 	if len(eth) < header.EthernetMinimumSize {
 		return
@@ -45,7 +26,7 @@ func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer) {
 		msg = make([]byte, header.ICMPv4MinimumSize+len(quote))
 		h := header.ICMPv4(msg)
 		h.SetType(header.ICMPv4DstUnreachable)
-		h.SetCode(header.ICMPv4NetUnreachable)
+		h.SetCode(code4)
 		copy(msg[header.ICMPv4MinimumSize:], quote)
 		net = ip4
 	} else if ip6 := header.IPv6(netHdr); len(netHdr) >= header.IPv6MinimumSize && ip6.IsValid(len(netHdr)+len(payload)) {
@@ -55,7 +36,7 @@ func (st *Stack) sendUnreachable(pkt *stack.PacketBuffer) {
 		msg = make([]byte, header.ICMPv6DstUnreachableMinimumSize+len(quote))
 		h := header.ICMPv6(msg)
 		h.SetType(header.ICMPv6DstUnreachable)
-		h.SetCode(header.ICMPv6NetworkUnreachable)
+		h.SetCode(code6)
 		copy(msg[header.ICMPv6DstUnreachableMinimumSize:], quote)
 		net = ip6
 	} else {

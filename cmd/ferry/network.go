@@ -30,6 +30,12 @@ type netFlags struct {
 	outboundAddr6       string
 	macAddress          string
 	enableIPv6          bool
+	denyHost            bool
+	deny, allow         []string
+	maxTCPFlows         int
+	maxUDPFlows         int
+	maxSYNs             int
+	pcap                string
 }
 
 // MTU bounds: IPv4's minimum, and the largest a TAP frame fits in 64 KiB.
@@ -48,6 +54,13 @@ func (f *netFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.outboundAddr, "outbound-addr", "", "IPv4 address, or interface name, that host sockets for the namespace's flows bind to")
 	fl.StringVar(&f.outboundAddr6, "outbound-addr6", "", "IPv6 address, or interface name, that host sockets for the namespace's IPv6 flows bind to")
 	fl.StringVar(&f.macAddress, "macaddress", "", "MAC address of the TAP device (with --configure)")
+	fl.BoolVar(&f.denyHost, "deny-host", false, "refuse connections to every address of the host, not only its loopback")
+	fl.StringArrayVar(&f.deny, "deny", nil, "refuse destinations in CIDR (repeatable; 169.254.169.254, cloud metadata, is always denied unless allowed)")
+	fl.StringArrayVar(&f.allow, "allow", nil, "allow destinations in CIDR despite --deny (repeatable; the longer prefix wins)")
+	fl.IntVar(&f.maxTCPFlows, "max-tcp-flows", stack.DefaultMaxTCPFlows, "concurrent TCP flows; more are refused with a reset")
+	fl.IntVar(&f.maxUDPFlows, "max-udp-flows", stack.DefaultMaxUDPFlows, "concurrent UDP flows; more are refused with ICMP port unreachable")
+	fl.IntVar(&f.maxSYNs, "max-syn-in-flight", stack.DefaultMaxInFlightSYNs, "connection attempts still being dialed; more SYNs are dropped")
+	fl.StringVar(&f.pcap, "pcap", "", "write the namespace's frames to FILE in pcap format")
 	fl.BoolVarP(&f.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: fd00::/64, gateway fd00::2 (the host's ::1), DNS fd00::3, Router Advertisements for SLAAC")
 }
 
@@ -55,6 +68,7 @@ func (f *netFlags) register(fl *pflag.FlagSet) {
 type netConfig struct {
 	tap   tap.Config
 	stack stack.Config
+	pcap  string // file for --pcap
 }
 
 // parse validates the flags, without side effects.
@@ -88,6 +102,32 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 	if err != nil {
 		return netConfig{}, err
 	}
+	fence := stack.Fence{DenyHost: f.denyHost}
+	for _, set := range []struct {
+		flag string
+		in   []string
+		out  *[]netip.Prefix
+	}{{"--deny", f.deny, &fence.Deny}, {"--allow", f.allow, &fence.Allow}} {
+		for _, v := range set.in {
+			p, err := netip.ParsePrefix(v)
+			if err != nil {
+				a, aerr := netip.ParseAddr(v)
+				if aerr != nil {
+					return netConfig{}, fmt.Errorf("invalid %s %q: want a CIDR such as 10.1.0.0/16 or an address", set.flag, v)
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			*set.out = append(*set.out, p.Masked())
+		}
+	}
+	for _, l := range []struct {
+		flag string
+		v    int
+	}{{"--max-tcp-flows", f.maxTCPFlows}, {"--max-udp-flows", f.maxUDPFlows}, {"--max-syn-in-flight", f.maxSYNs}} {
+		if l.v < 1 {
+			return netConfig{}, fmt.Errorf("invalid %s %d: must be at least 1", l.flag, l.v)
+		}
+	}
 	network := stack.NewNetwork(prefix)
 	if f.enableIPv6 {
 		network = network.WithIPv6(netip.MustParsePrefix(stack.DefaultCIDR6))
@@ -117,7 +157,12 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 			UDPIdleTimeout:      f.udpIdleTimeout,
 			OutboundAddr4:       outbound,
 			OutboundAddr6:       outbound6,
+			Fence:               fence,
+			MaxTCPFlows:         f.maxTCPFlows,
+			MaxUDPFlows:         f.maxUDPFlows,
+			MaxInFlightSYNs:     f.maxSYNs,
 		},
+		pcap: f.pcap,
 	}
 	if f.enableIPv6 {
 		c.tap.Addr6, c.tap.Gateway6 = network.GuestPrefix6(), network.Gateway6
@@ -164,6 +209,7 @@ func outboundAddr(v, flag string, v6 bool) (netip.Addr, error) {
 type network struct {
 	tapFile *os.File
 	stack   *stack.Stack
+	pcap    *os.File // nil without --pcap
 }
 
 // startNetwork creates the TAP in the target's namespace and runs the stack
@@ -194,22 +240,40 @@ func startNetworkOn(tapFile *os.File, vnet bool, c netConfig, log *slog.Logger) 
 		tapFile.Close()
 		return nil, err
 	}
+	var pcap *os.File
+	if c.pcap != "" {
+		if pcap, err = os.OpenFile(c.pcap, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+			tapFile.Close()
+			return nil, fmt.Errorf("--pcap: %w", err)
+		}
+		if link, err = tap.WithPcap(link, pcap); err != nil {
+			pcap.Close()
+			tapFile.Close()
+			return nil, err
+		}
+	}
 	c.stack.Link = link
 	c.stack.Logger = log
 	st, err := stack.New(c.stack)
 	if err != nil {
 		tapFile.Close()
+		if pcap != nil {
+			pcap.Close()
+		}
 		return nil, err
 	}
 	log.Debug("network up", "tap", c.tap.Name, "mtu", c.tap.MTU, "offloads", vnet,
 		"network", c.stack.Network.Prefix, "gateway", c.stack.Network.Gateway, "dns", c.stack.Network.DNS)
-	return &network{tapFile: tapFile, stack: st}, nil
+	return &network{tapFile: tapFile, stack: st, pcap: pcap}, nil
 }
 
 // Close stops the stack and closes the TAP.
 func (n *network) Close() {
 	n.stack.Close()
 	n.tapFile.Close()
+	if n.pcap != nil {
+		n.pcap.Close()
+	}
 }
 
 // gatewayMAC is the link address of ferry's side of the TAP: 52:55 followed

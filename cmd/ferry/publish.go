@@ -62,6 +62,7 @@ func startPublishing(ctx context.Context, n *network, f *publishFlags, log *slog
 			p.Close()
 			return nil, err
 		}
+		p.api.SetStats(func() any { return n.stack.Stats() })
 	}
 	return p, nil
 }

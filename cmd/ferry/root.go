@@ -31,7 +31,7 @@ gateway 10.0.2.2 (which reaches the host's 127.0.0.1) and a DNS forwarder at
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error (logs go to stderr)")
-	root.AddCommand(newAttachCommand(g), newRunCommand(g), newPortCommand(), newNetCommand(), newSlirp4netnsCommand())
+	root.AddCommand(newAttachCommand(g), newRunCommand(g), newPortCommand(), newNetCommand(), newSlirp4netnsCommand(), newStatsCommand())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})

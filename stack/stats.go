@@ -1,0 +1,76 @@
+package stack
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Drop causes counted in Stats.
+const (
+	DropTCPLimit = "tcp-flow-limit" // a new TCP flow over MaxTCPFlows
+	DropUDPLimit = "udp-flow-limit" // a new UDP flow over MaxUDPFlows
+	DropDenied   = "denied"         // a destination fenced off (--deny, --deny-host, metadata)
+	DropDial     = "dial-failed"    // the destination refused or was unreachable
+	DropPanic    = "panic"          // a flow ended by a recovered panic
+	DropLoopback = "host-loopback"  // the gateway, with --disable-host-loopback
+	DropSYNFlood = "syn-in-flight"  // SYNs over the in-flight limit (counted by gVisor)
+	logEvery     = 10 * time.Second // how often a limit may be logged
+)
+
+// Stats is a snapshot of what the stack has carried.
+type Stats struct {
+	TCPFlows  int64            `json:"tcp_flows"`
+	UDPFlows  int64            `json:"udp_flows"`
+	ICMPFlows int64            `json:"icmp_flows"`
+	BytesOut  uint64           `json:"bytes_out"` // guest to the world
+	BytesIn   uint64           `json:"bytes_in"`  // the world to the guest
+	Drops     map[string]int64 `json:"drops"`
+}
+
+// counters are the live values behind Stats.
+type counters struct {
+	tcpFlows, udpFlows, icmpFlows atomic.Int64
+	bytesOut, bytesIn             atomic.Uint64
+	mu                            sync.Mutex
+	drops                         map[string]int64
+	lastLog                       map[string]time.Time
+}
+
+// drop counts one drop and reports whether it is time to log one of its
+// cause again.
+func (c *counters) drop(cause string) (log bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.drops == nil {
+		c.drops, c.lastLog = map[string]int64{}, map[string]time.Time{}
+	}
+	c.drops[cause]++
+	if now := time.Now(); now.Sub(c.lastLog[cause]) >= logEvery {
+		c.lastLog[cause] = now
+		return true
+	}
+	return false
+}
+
+// Stats returns a snapshot of the stack's counters.
+func (st *Stack) Stats() Stats {
+	c := &st.counters
+	s := Stats{
+		TCPFlows:  c.tcpFlows.Load(),
+		UDPFlows:  c.udpFlows.Load(),
+		ICMPFlows: c.icmpFlows.Load(),
+		BytesOut:  c.bytesOut.Load(),
+		BytesIn:   c.bytesIn.Load(),
+		Drops:     map[string]int64{},
+	}
+	c.mu.Lock()
+	for k, v := range c.drops {
+		s.Drops[k] = v
+	}
+	c.mu.Unlock()
+	if n := st.s.Stats().TCP.ForwardMaxInFlightDrop.Value(); n > 0 {
+		s.Drops[DropSYNFlood] = int64(n)
+	}
+	return s
+}
