@@ -90,6 +90,11 @@ type CreateOptions struct {
 	MTU int
 	// BridgeName defaults to fbr-ID.
 	BridgeName string
+	// NoMasquerade leaves out the MASQUERADE of traffic leaving the
+	// subnet (CNI's "ipMasq": false); NoIsolation the rules that keep
+	// other ferry networks out (CNI's "isolate": false).
+	NoMasquerade bool
+	NoIsolation  bool
 }
 
 var validName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
@@ -140,6 +145,7 @@ func (s *session) plan(o CreateOptions) (*Network, error) {
 	}
 	n := &Network{
 		ID: randomID(), Name: o.Name, Driver: "bridge", Internal: o.Internal, MTU: o.MTU,
+		NoMasquerade: o.NoMasquerade, NoIsolation: o.NoIsolation,
 		Created: time.Now().UTC(), Status: Creating, Attachments: map[string]*Attachment{},
 	}
 	if n.MTU == 0 {
@@ -340,6 +346,12 @@ type ConnectOptions struct {
 	// network's DNS responder.
 	Name    string
 	Aliases []string
+	// Interface names the interface inside the namespace; the first free
+	// ethN when empty.
+	Interface string
+	// ContainerID, when set, is recorded so that the attachment can be
+	// found again by container (see DetachContainer, GCContainers).
+	ContainerID string
 }
 
 // Connect connects a namespace to the named network: a veth pair whose
@@ -384,6 +396,7 @@ func (s *session) connect(network string, o ConnectOptions) (*Attachment, error)
 	}
 	a := &Attachment{
 		ID: randomID(), Name: o.Name, Aliases: o.Aliases, Netns: o.Netns, NetnsID: id, PID: o.PID, Status: Creating,
+		ContainerID: o.ContainerID,
 	}
 	a.HostVeth = "fv" + a.ID[:10]
 	if o.IP.IsValid() {
@@ -404,7 +417,11 @@ func (s *session) connect(network string, o ConnectOptions) (*Attachment, error)
 	}
 	defer ns.Close()
 	defer h.Close()
-	if a.Interface, err = nextInterface(h); err != nil {
+	if o.Interface != "" {
+		if a.Interface, err = freeInterface(h, o.Interface); err != nil {
+			return nil, err
+		}
+	} else if a.Interface, err = nextInterface(h); err != nil {
 		return nil, err
 	}
 	n.Attachments[a.ID] = a

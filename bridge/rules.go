@@ -254,19 +254,24 @@ func attachmentTag(n *Network, a *Attachment) string { return "ferry:" + n.ID + 
 // 127.0.0.1, with route_localnet on the bridge).
 func networkRules(n *Network) []rule {
 	br, sub := n.Bridge, n.Subnet.String()
-	rs := []rule{
-		{"filter", chainIsolation1, []string{"-i", br, "!", "-o", br, "-j", chainIsolation2}},
-		{"filter", chainIsolation2, []string{"-o", br, "-j", "DROP"}},
-		{"filter", chainFerry, []string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"}},
-		{"filter", chainFerry, []string{"-i", br, "-j", "ACCEPT"}},
-		{"nat", chainPostrouting, []string{"-s", "127.0.0.0/8", "-o", br, "-j", "MASQUERADE"}},
+	var rs []rule
+	if !n.NoIsolation {
+		rs = append(rs,
+			rule{"filter", chainIsolation1, []string{"-i", br, "!", "-o", br, "-j", chainIsolation2}},
+			rule{"filter", chainIsolation2, []string{"-o", br, "-j", "DROP"}},
+		)
 	}
+	rs = append(rs,
+		rule{"filter", chainFerry, []string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"}},
+		rule{"filter", chainFerry, []string{"-i", br, "-j", "ACCEPT"}},
+		rule{"nat", chainPostrouting, []string{"-s", "127.0.0.0/8", "-o", br, "-j", "MASQUERADE"}},
+	)
 	if n.Internal {
 		rs = append(rs,
 			rule{"filter", chainIsolation1, []string{"-i", br, "!", "-d", sub, "-j", "DROP"}},
 			rule{"filter", chainIsolation1, []string{"-o", br, "!", "-s", sub, "-j", "DROP"}},
 		)
-	} else {
+	} else if !n.NoMasquerade {
 		rs = append(rs, rule{"nat", chainPostrouting, []string{"-s", sub, "!", "-o", br, "-j", "MASQUERADE"}})
 	}
 	return rs

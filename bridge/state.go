@@ -56,7 +56,13 @@ type Network struct {
 	Created  time.Time    `json:"created"`
 	Status   Status       `json:"status"`
 	// DNSPID is the process ID of the network's DNS responder, 0 when none.
-	DNSPID      int                    `json:"dnsPid,omitempty"`
+	DNSPID int `json:"dnsPid,omitempty"`
+	// NoMasquerade and NoIsolation: see CreateOptions.
+	NoMasquerade bool `json:"noMasquerade,omitempty"`
+	NoIsolation  bool `json:"noIsolation,omitempty"`
+	// Owner is who made the network when not `ferry net create`: "cni"
+	// for the CNI plugin, which removes it with its last attachment.
+	Owner       string                 `json:"owner,omitempty"`
 	Attachments map[string]*Attachment `json:"attachments"` // by ID
 }
 
@@ -70,6 +76,8 @@ type Attachment struct {
 	Netns   string `json:"netns"`
 	NetnsID string `json:"netnsId"`
 	PID     int    `json:"pid,omitempty"`
+	// ContainerID is the runtime's container ID (CNI), when given.
+	ContainerID string `json:"containerId,omitempty"`
 	// HostVeth is the host end of the veth pair, Interface the end inside
 	// the namespace (eth0, eth1, ...).
 	HostVeth  string          `json:"hostVeth"`

@@ -17,6 +17,9 @@ import (
 func main() {
 	nsenter.MaybeRunHelper()
 	spawn.MaybeRunInit()
+	if isCNIPlugin() {
+		os.Exit(runCNI())
+	}
 	if filepath.Base(os.Args[0]) == "slirp4netns" {
 		os.Exit(runSlirp4netns(context.Background(), os.Args[0], os.Args[1:], os.Stdout, os.Stderr))
 	}
