@@ -9,7 +9,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -57,7 +60,8 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
-	guest := gonet.NewTCPConn(&wq, ep)
+	ep.SocketOptions().SetDelayOption(false) // no Nagle: the host side has none either
+	guest := guestConn{gonet.NewTCPConn(&wq, ep), &wq, ep}
 	log.Debug("flow open")
 	proxyTCP(st.ctx, countedConn{guest, &st.counters.bytesIn}, countedConn{host.(*net.TCPConn), &st.counters.bytesOut})
 	log.Debug("flow closed")
@@ -75,6 +79,53 @@ func (c countedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+func (c countedConn) waitReadable() error { return waitReadable(c.halfCloser) }
+
+// guestConn is the stack's side of a forwarded flow, with what it takes to
+// wait for data without reading it.
+type guestConn struct {
+	*gonet.TCPConn
+	wq *waiter.Queue
+	ep tcpip.Endpoint
+}
+
+// waitReadable blocks until the endpoint has data, or has hung up or
+// failed (including when it is closed).
+func (g guestConn) waitReadable() error {
+	const mask = waiter.EventIn | waiter.EventHUp | waiter.EventErr
+	if g.ep.Readiness(mask) != 0 {
+		return nil
+	}
+	e, ch := waiter.NewChannelEntry(mask)
+	g.wq.EventRegister(&e)
+	defer g.wq.EventUnregister(&e)
+	if g.ep.Readiness(mask) == 0 {
+		<-ch
+	}
+	return nil
+}
+
+// waitReadable blocks until src has something to read (data, EOF or an
+// error), so that a copy borrows its buffer only then: idle flows hold no
+// buffer. Sources it cannot wait on are read at once.
+func waitReadable(src any) error {
+	switch c := src.(type) {
+	case interface{ waitReadable() error }:
+		return c.waitReadable()
+	case syscall.Conn:
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var b [1]byte
+		return rc.Read(func(fd uintptr) bool {
+			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			return !errors.Is(err, unix.EAGAIN)
+		})
+	}
+	return nil
+}
+
 // halfCloser is a connection whose write side can be shut down alone.
 type halfCloser interface {
 	net.Conn
@@ -90,10 +141,7 @@ func proxyTCP(ctx context.Context, a, b halfCloser) {
 		b.Close()
 	})
 	defer stop()
-	var wg sync.WaitGroup
-	wg.Add(2)
 	pipe := func(dst, src halfCloser) {
-		defer wg.Done()
 		if err := copyConn(dst, src); err != nil {
 			a.Close()
 			b.Close()
@@ -101,9 +149,15 @@ func proxyTCP(ctx context.Context, a, b halfCloser) {
 		}
 		dst.CloseWrite()
 	}
-	go pipe(a, b)
-	go pipe(b, a)
-	wg.Wait()
+	// One direction in a new goroutine, the other in the caller's: an idle
+	// flow costs two goroutines, not three.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pipe(a, b)
+	}()
+	pipe(b, a)
+	<-done
 	a.Close()
 	b.Close()
 }
@@ -113,18 +167,22 @@ const copyBufSize = 64 << 10
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// copyConn copies from src to dst until src's EOF (nil) or an error.
+// copyConn copies from src to dst until src's EOF (nil) or an error. It
+// borrows a pooled buffer only while data is ready.
 func copyConn(dst io.Writer, src io.Reader) error {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	buf := *bp
 	for {
-		n, err := src.Read(buf)
+		if err := waitReadable(src); err != nil {
+			return err
+		}
+		bp := copyBufs.Get().(*[]byte)
+		n, err := src.Read(*bp)
 		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if _, werr := dst.Write((*bp)[:n]); werr != nil {
+				copyBufs.Put(bp)
 				return werr
 			}
 		}
+		copyBufs.Put(bp)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}

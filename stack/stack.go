@@ -204,7 +204,11 @@ func tuneTCP(s *stack.Stack) error {
 	}
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	opts = append(opts, &sack, &moderate)
+	// A short TIME_WAIT: ferry closes first toward the guest whenever the
+	// server does, and a guest reusing the 4-tuple must not stall on it.
+	timeWait := tcpip.TCPTimeWaitTimeoutOption(time.Second)
+	reuse := tcpip.TCPTimeWaitReuseGlobal
+	opts = append(opts, &sack, &moderate, &timeWait, &reuse)
 	for _, o := range opts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
 			return fmt.Errorf("set TCP option %T: %s", o, err)
