@@ -78,12 +78,15 @@ func (st *Stack) runUDP(guest *gonet.UDPConn, target string, src netip.Addr, src
 	relay := func(dst, src net.Conn) {
 		defer func() { done <- struct{}{} }()
 		buf := make([]byte, maxDatagram)
+		// The deadline is moved once per idle period, not per datagram:
+		// resetting a timer for every datagram costs more than the copy.
+		src.SetReadDeadline(time.Now().Add(idle))
 		for {
-			src.SetReadDeadline(time.Now().Add(idle))
 			n, err := src.Read(buf)
 			if err != nil {
-				if isTimeout(err) && time.Since(time.Unix(0, last.Load())) < idle {
-					continue // the other direction is still active
+				if lastActive := time.Unix(0, last.Load()); isTimeout(err) && time.Since(lastActive) < idle {
+					src.SetReadDeadline(lastActive.Add(idle)) // traffic since: not idle yet
+					continue
 				}
 				if isTransient(err) {
 					continue
