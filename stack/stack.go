@@ -193,6 +193,7 @@ func (st *Stack) setup() error {
 	if err := st.serveDHCP(); err != nil {
 		return err
 	}
+	st.goFlow(st.returnMemory)
 	return nil
 }
 
@@ -257,6 +258,28 @@ func (st *Stack) goFlow(f func()) {
 		defer st.recoverFlow()
 		f()
 	}()
+}
+
+// returnMemory gives memory back to the system once most flows of a burst
+// have closed: Go's scavenger alone takes minutes, and a helper's RSS
+// should follow its open flows.
+func (st *Stack) returnMemory() {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	var peak int64
+	for {
+		select {
+		case <-st.ctx.Done():
+			return
+		case <-t.C:
+		}
+		open := st.counters.tcpFlows.Load() + st.counters.udpFlows.Load()
+		peak = max(peak, open)
+		if peak >= 256 && open <= peak/2 {
+			debug.FreeOSMemory()
+			peak = open
+		}
+	}
 }
 
 // recoverFlow, deferred in a flow's goroutine, turns a panic into a log line

@@ -7,13 +7,17 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/ferrynet/ferry/forward"
 	"github.com/ferrynet/ferry/nsenter"
+	"github.com/ferrynet/ferry/sandbox"
+	"github.com/ferrynet/ferry/stack"
 	"github.com/ferrynet/ferry/tap"
 )
 
@@ -26,6 +30,8 @@ type attachFlags struct {
 	exitFD     int
 	netnsType  string
 	usernsPath string
+	sandbox    bool
+	seccomp    bool
 }
 
 func newAttachCommand(g *globalFlags) *cobra.Command {
@@ -67,6 +73,8 @@ ferry joins the user namespace that owns the network namespace (or
 	fl.IntVarP(&f.exitFD, "exit-fd", "e", -1, "exit when this fd hangs up or becomes readable")
 	fl.StringVar(&f.netnsType, "netns-type", "pid", "how to read the target: pid (a process ID) or path (a network namespace file)")
 	fl.StringVar(&f.usernsPath, "userns-path", "", "user namespace to join (default: the one owning the network namespace)")
+	fl.BoolVar(&f.sandbox, "enable-sandbox", false, "after setup, confine ferry (same PID): the target's user namespace, a mount namespace holding only /etc and /run, no capability but CAP_NET_BIND_SERVICE")
+	fl.BoolVar(&f.seccomp, "enable-seccomp", false, "after setup, refuse syscalls ferry does not need (namespaces, mounts, ptrace, keyrings, BPF, ...) on every thread with seccomp")
 	return cmd
 }
 
@@ -82,6 +90,11 @@ type attachConfig struct {
 	banner func(*network)
 	// onEnd, when set, is told why ferry stops.
 	onEnd func(reason string)
+	// sandbox and seccomp are --enable-sandbox and --enable-seccomp.
+	sandbox, seccomp bool
+	// resumed is set when this process is the sandboxed re-execution
+	// (stage 2): what stage 1 set up, by fd.
+	resumed *sandbox.State
 }
 
 // parseAttach validates flags and arguments, without side effects.
@@ -94,7 +107,12 @@ func parseAttach(f *attachFlags, args []string) (*attachConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &attachConfig{net: nc, readyFD: f.readyFD, exitFD: f.exitFD, tapFD: -1}
+	c := &attachConfig{net: nc, readyFD: f.readyFD, exitFD: f.exitFD, tapFD: -1, sandbox: f.sandbox, seccomp: f.seccomp}
+	if f.sandbox && f.net.pcap != "" {
+		// The sandbox cannot open the file, and startNetworkOn takes only
+		// a path for now.
+		return nil, errors.New("--pcap cannot be combined with --enable-sandbox yet: leave one out")
+	}
 	switch f.netnsType {
 	case "pid":
 		pid, err := strconv.Atoi(args[0])
@@ -123,10 +141,17 @@ func runAttach(ctx context.Context, f *attachFlags, args []string, log *slog.Log
 	return serveAttach(ctx, c, &f.publish, log)
 }
 
-// resolve checks that the target exists and the fds are open.
+// resolve checks that the target exists and the fds are open. In the
+// sandboxed stage 2 the target was checked (and is held open) by stage 1.
 func (c *attachConfig) resolve() error {
 	var err error
+	c.resumed, err = sandbox.Resumed()
 	switch {
+	case err != nil:
+	case c.resumed != nil:
+		if c.target.PID != 0 { // for the logs
+			c.target.NetnsPath = "/proc/" + strconv.Itoa(c.target.PID) + "/ns/net"
+		}
 	case c.tapFD >= 0:
 		if _, err := unix.FcntlInt(uintptr(c.tapFD), unix.F_GETFD, 0); err != nil {
 			return fmt.Errorf("TAP file descriptor %d is not open: %w", c.tapFD, err)
@@ -158,27 +183,68 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	st := c.resumed
+	if st == nil && c.sandbox {
+		return enterSandbox(ctx, c, pf, log)
+	}
+	if st != nil && st.Seccomp {
+		// First thing in stage 2: nothing from the guest is handled
+		// before the filter is on.
+		if err := sandbox.InstallSeccomp(); err != nil {
+			return err
+		}
+	}
 	var n *network
 	var err error
-	if c.tapFD >= 0 {
+	switch {
+	case st != nil:
+		nc := c.net
+		if len(st.DNSUpstreams) > 0 {
+			nc.stack.DNSUpstreams = st.DNSUpstreams
+		}
+		n, err = startNetworkOn(os.NewFile(uintptr(st.TAPFD), "tap"), st.VNet, nc, log)
+	case c.tapFD >= 0:
 		f := os.NewFile(uintptr(c.tapFD), "tap")
 		n, err = startNetworkOn(f, tap.HasVNetHeader(c.tapFD), c.net, log)
-	} else {
+	default:
 		n, err = startNetwork(ctx, c.target, c.net, log)
 	}
 	if err != nil {
 		return err
 	}
 	defer n.Close()
-	pub, err := startPublishing(ctx, n, pf, log)
+	if st == nil && c.seccomp {
+		// Without the sandbox the filter goes on here, once the namespace
+		// helper (which needs setns) is done.
+		if err := sandbox.InstallSeccomp(); err != nil {
+			return err
+		}
+	}
+	pubFlags := pf
+	if st != nil && st.APIFD >= 0 {
+		// Stage 1 bound the API socket: serve that one.
+		noAPI := *pf
+		noAPI.apiSocket = ""
+		pubFlags = &noAPI
+	}
+	pub, err := startPublishing(ctx, n, pubFlags, log)
 	if err != nil {
 		return err
 	}
 	defer pub.Close()
-	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name)
+	if st != nil && st.APIFD >= 0 {
+		plog := log.With("component", "publish")
+		api, err := sandbox.ServeAPI(st.APIFD, st.APIDirFD, st.APIName, forward.NewAPI(pub.pub, n.stack.Network().Guest, plog), plog)
+		if err != nil {
+			return err
+		}
+		defer api.Close()
+	}
+	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name, "sandbox", st != nil, "seccomp", c.seccomp)
 	if c.banner != nil {
 		c.banner(n)
 	}
+	sandbox.Probe(log) // a test-only hook, off unless asked for
 	if c.readyFD >= 0 {
 		if err := signalReady(c.readyFD); err != nil {
 			return err
@@ -197,7 +263,19 @@ func waitForEnd(ctx context.Context, c *attachConfig, log *slog.Logger) string {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	reason := make(chan string, 2)
-	if c.target.PID != 0 {
+	switch {
+	case c.resumed != nil && c.resumed.PIDFD >= 0:
+		// The sandbox has no /proc: stage 1 opened the pidfd.
+		go func() {
+			if err := nsenter.WaitHangup(ctx, c.resumed.PIDFD); err != nil {
+				if !errors.Is(err, context.Canceled) {
+					log.Error("watch target process", "err", err)
+				}
+				return
+			}
+			reason <- "target process exited"
+		}()
+	case c.resumed == nil && c.target.PID != 0:
 		go func() {
 			if err := c.target.WaitExit(ctx); err != nil {
 				if !errors.Is(err, context.Canceled) {
@@ -237,4 +315,72 @@ func signalReady(fd int) error {
 		return fmt.Errorf("write to ready-fd %d: %w", fd, err)
 	}
 	return nil
+}
+
+// enterSandbox is stage 1 of --enable-sandbox: it does what needs the
+// caller's view of the system (the TAP, the API socket, a pidfd of the
+// target, the DNS upstreams) and re-executes ferry in place into the
+// sandbox, which serves on the inherited fds (see package sandbox). It
+// returns only on failure, or when there is nothing left to serve.
+func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *slog.Logger) error {
+	st := sandbox.State{TAPFD: -1, APIFD: -1, APIDirFD: -1, PIDFD: -1, Seccomp: c.seccomp}
+	var closers []func()
+	defer func() { // only reached on failure
+		for _, f := range closers {
+			f()
+		}
+	}()
+	if c.target.PID != 0 {
+		fd, err := unix.PidfdOpen(c.target.PID, 0)
+		if errors.Is(err, unix.ESRCH) {
+			log.Info("shutting down", "reason", "target process exited")
+			if c.onEnd != nil {
+				c.onEnd("target process exited")
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("pidfd_open %d: %w", c.target.PID, err)
+		}
+		st.PIDFD = fd
+		closers = append(closers, func() { unix.Close(fd) })
+	}
+	if c.tapFD >= 0 {
+		st.TAPFD, st.VNet = c.tapFD, tap.HasVNetHeader(c.tapFD)
+	} else {
+		q, err := nsenter.OpenTAP(ctx, c.target, c.net.tap)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { q.Close() })
+		if q.Fallback != "" {
+			log.Info("TAP offloads refused: using a plain TAP (slower)", "reason", q.Fallback)
+		}
+		st.TAPFD, st.VNet = int(q.Fd()), q.VNet
+	}
+	if pf.apiSocket != "" {
+		sock, dir, err := sandbox.ListenAPI(pf.apiSocket)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() {
+			unix.Close(sock)
+			unix.Close(dir)
+			os.Remove(pf.apiSocket)
+		})
+		st.APIFD, st.APIDirFD, st.APIName = sock, dir, filepath.Base(pf.apiSocket)
+	}
+	if len(c.net.stack.DNSUpstreams) == 0 && !c.net.stack.DisableDNS {
+		// Read here, with the caller's view of the file system; stage 2
+		// reads the sandbox's /etc/resolv.conf only if this finds nothing.
+		if up, err := stack.UpstreamsFromResolvConf("/etc/resolv.conf"); err == nil {
+			st.DNSUpstreams = up
+		}
+	}
+	if ctx.Err() != nil {
+		log.Info("shutting down", "reason", "signal")
+		return nil
+	}
+	log.Debug("entering the sandbox", "seccomp", c.seccomp)
+	return sandbox.Exec(st, c.target)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ferrynet/ferry/nsenter"
+	"github.com/ferrynet/ferry/sandbox"
 	"github.com/ferrynet/ferry/stack"
 )
 
@@ -126,9 +127,7 @@ func runSlirp4netns(ctx context.Context, prog string, args []string, stdout, std
 		return usageErr(msg)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if o.sandbox || o.seccomp {
-		log.Warn("--enable-sandbox and --enable-seccomp are not implemented by ferry yet: running without them")
-	}
+	c.sandbox, c.seccomp = o.sandbox, o.seccomp
 	if err := c.resolve(); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -188,7 +187,9 @@ func (o *slirpOptions) config(args []string, stderr io.Writer) (c *attachConfig,
 	if o.targetType != "netns" {
 		return nil, fmt.Sprintf("invalid --target-type %q: use netns", o.targetType)
 	}
-	if o.usernsPath != "" {
+	// In the sandbox (stage 2) the path is gone: stage 1 checked it.
+	resumed, _ := sandbox.Resumed()
+	if o.usernsPath != "" && resumed == nil {
 		if _, err := os.Stat(o.usernsPath); err != nil {
 			return nil, "userns path doesn't exist: " + o.usernsPath
 		}
@@ -196,7 +197,7 @@ func (o *slirpOptions) config(args []string, stderr io.Writer) (c *attachConfig,
 	if len(args) < 1 {
 		return nil, "missing PID|PATH"
 	}
-	if len(args) > 2 {
+	if len(args) > 2 && resumed == nil {
 		fmt.Fprintf(stderr, "slirp4netns: ignoring extra arguments %q\n", args[2:])
 	}
 	tapName := "tap0"
@@ -213,6 +214,9 @@ func (o *slirpOptions) config(args []string, stderr io.Writer) (c *attachConfig,
 		outboundAddr6:       o.outboundAddr6,
 		macAddress:          o.macAddress,
 		enableIPv6:          o.ipv6,
+		maxTCPFlows:         stack.DefaultMaxTCPFlows,
+		maxUDPFlows:         stack.DefaultMaxUDPFlows,
+		maxSYNs:             stack.DefaultMaxInFlightSYNs,
 	}
 	configure := o.configure && o.netnsType != "tapfd"
 	nc, err := nf.parse(tapName, configure)

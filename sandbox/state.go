@@ -1,0 +1,66 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/ferrynet/ferry/nsenter"
+)
+
+// State is what stage 1 hands to the sandboxed stage 2: fd numbers that
+// stay open across the re-execution, and what stage 1 resolved.
+type State struct {
+	// TAPFD is the TAP device's queue; VNet says it carries virtio-net
+	// headers.
+	TAPFD int  `json:"tap_fd"`
+	VNet  bool `json:"vnet,omitempty"`
+	// APIFD is the bound, listening API socket, or -1; APIDirFD (an O_PATH
+	// fd of its directory) and APIName let stage 2 remove it at exit, when
+	// its path may not exist in the sandbox.
+	APIFD    int    `json:"api_fd"`
+	APIDirFD int    `json:"api_dir_fd"`
+	APIName  string `json:"api_name,omitempty"`
+	// PIDFD is a pidfd of the target process, or -1.
+	PIDFD int `json:"pid_fd"`
+	// DNSUpstreams are the upstreams stage 1 resolved (empty: none found).
+	DNSUpstreams []string `json:"dns_upstreams,omitempty"`
+	// Seccomp says to install the seccomp filter.
+	Seccomp bool `json:"seccomp,omitempty"`
+}
+
+// Exec re-executes ferry in place into the sandbox; see
+// [nsenter.ExecSandboxed]. It returns only on failure.
+func Exec(st State, t nsenter.Target) error {
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("sandbox: encode state: %w", err)
+	}
+	userns, err := nsenter.SandboxUserns(t)
+	if err != nil {
+		return err
+	}
+	var keep []int
+	for _, fd := range []int{st.TAPFD, st.APIFD, st.APIDirFD, st.PIDFD} {
+		if fd >= 0 {
+			keep = append(keep, fd)
+		}
+	}
+	return nsenter.ExecSandboxed(raw, userns, keep)
+}
+
+var resumed = sync.OnceValues(func() (*State, error) {
+	raw, ok := nsenter.SandboxState()
+	if !ok {
+		return nil, nil
+	}
+	st := &State{}
+	if err := json.Unmarshal(raw, st); err != nil {
+		return nil, fmt.Errorf("sandbox: bad state from stage 1: %w", err)
+	}
+	return st, nil
+})
+
+// Resumed returns the State when this process is the sandboxed stage 2,
+// and nil otherwise.
+func Resumed() (*State, error) { return resumed() }
