@@ -3,7 +3,7 @@ GO       ?= go
 BIN      ?= bin/ferry
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build demo test unit integration lint fuzz clean install
+.PHONY: all build demo test unit integration lint fuzz clean install soak
 
 all: build
 
@@ -27,6 +27,10 @@ unit:
 
 integration:
 	$(GO) test -count=1 -timeout 20m -v ./integration/...
+
+# The long churn: 1,000,000 short connections and 10,000 concurrent ones.
+soak:
+	FERRY_SOAK=1 $(GO) test -count=1 -timeout 90m -v -run '^TestChurn$$' ./integration/
 
 FUZZTIME ?= 10s
 fuzz:

@@ -43,6 +43,7 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	defer st.counters.tcpFlows.Add(-1)
+	st.counters.started.Add(1)
 	host, err := st.dial(st.ctx, "tcp", target)
 	if err != nil {
 		st.counters.drop(DropDial)

@@ -44,6 +44,7 @@ func (st *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		st.log.Debug("udp: create endpoint", "err", err)
 		return true
 	}
+	st.counters.started.Add(1)
 	guest := gonet.NewUDPConn(&wq, ep)
 	target := net.JoinHostPort(dst.String(), strconv.Itoa(int(id.LocalPort)))
 	st.goFlow(func() {

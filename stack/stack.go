@@ -260,13 +260,16 @@ func (st *Stack) goFlow(f func()) {
 	}()
 }
 
-// returnMemory gives memory back to the system once most flows of a burst
-// have closed: Go's scavenger alone takes minutes, and a helper's RSS
-// should follow its open flows.
+// returnMemory gives memory back to the system once a burst is over (most
+// of the flows open at its peak have closed, or many short flows came and
+// went): Go collects an idle heap only every two minutes and returns it to
+// the system slowly, and a helper's RSS should follow its open flows.
 func (st *Stack) returnMemory() {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	var peak int64
+	lastStarted := st.counters.started.Load()
+	again := false // free once more a tick later: closed flows linger briefly
 	for {
 		select {
 		case <-st.ctx.Done():
@@ -275,9 +278,16 @@ func (st *Stack) returnMemory() {
 		}
 		open := st.counters.tcpFlows.Load() + st.counters.udpFlows.Load()
 		peak = max(peak, open)
-		if peak >= 256 && open <= peak/2 {
+		started := st.counters.started.Load()
+		burstOver := peak >= 256 && open <= peak/2
+		churned := started-lastStarted >= 1024 && open < 256
+		switch {
+		case burstOver || churned:
 			debug.FreeOSMemory()
-			peak = open
+			peak, lastStarted, again = open, started, true
+		case again:
+			debug.FreeOSMemory()
+			again = false
 		}
 	}
 }

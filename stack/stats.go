@@ -31,6 +31,7 @@ type Stats struct {
 // counters are the live values behind Stats.
 type counters struct {
 	tcpFlows, udpFlows, icmpFlows atomic.Int64
+	started                       atomic.Int64 // flows ever opened
 	bytesOut, bytesIn             atomic.Uint64
 	mu                            sync.Mutex
 	drops                         map[string]int64

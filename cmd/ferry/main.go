@@ -23,6 +23,7 @@ func main() {
 	if filepath.Base(os.Args[0]) == "slirp4netns" {
 		os.Exit(runSlirp4netns(context.Background(), os.Args[0], os.Args[1:], os.Stdout, os.Stderr))
 	}
+	maybeServePprof()
 	if err := newRootCommand().Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+)
+
+// envPprof, when set to a loopback address, serves Go's profiles there: for
+// profiling ferry under load (make bench), never on by default.
+const envPprof = "FERRY_DEBUG_PPROF"
+
+// maybeServePprof starts the profile server if envPprof asks for one.
+func maybeServePprof() {
+	addr := os.Getenv(envPprof)
+	if addr == "" {
+		return
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		slog.Warn("ignoring "+envPprof+": it must be a loopback address:port", "value", addr)
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	go func() {
+		if err := http.ListenAndServe(addr, mux); err != nil {
+			slog.Warn("pprof server", "err", err)
+		}
+	}()
+}
