@@ -53,7 +53,9 @@ type Queue struct {
 // unless cfg.Plain is set, and falls back to a plain TAP when they are
 // refused.
 func Create(cfg Config) (Queue, error) {
-	if _, err := netlink.LinkByName(cfg.Name); err == nil {
+	// An existing TUN/TAP device is attached to, as TUNSETIFF does: RootlessKit
+	// creates tap0 itself before starting slirp4netns.
+	if l, err := netlink.LinkByName(cfg.Name); err == nil && l.Type() != "tuntap" {
 		return Queue{}, fmt.Errorf("create TAP device: an interface named %q already exists in the namespace: pass another TAPNAME", cfg.Name)
 	}
 	var q Queue
