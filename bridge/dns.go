@@ -135,13 +135,18 @@ func (r *responder) local(req *dns.Msg) *dns.Msg {
 	if err != nil || n == nil {
 		return nil
 	}
-	var ips []netip.Addr
+	var ips, ips6 []netip.Addr
+	found := false
 	for _, a := range n.Attachments {
 		if a.Status == Ready && answers(a, name) {
+			found = true
 			ips = append(ips, a.IP)
+			if a.IP6.IsValid() {
+				ips6 = append(ips6, a.IP6)
+			}
 		}
 	}
-	if len(ips) == 0 {
+	if !found {
 		return nil
 	}
 	resp := new(dns.Msg)
@@ -152,6 +157,14 @@ func (r *responder) local(req *dns.Msg) *dns.Msg {
 			resp.Answer = append(resp.Answer, &dns.A{
 				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: dnsTTL},
 				A:   net.IP(ip.AsSlice()),
+			})
+		}
+	}
+	if q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY {
+		for _, ip := range ips6 {
+			resp.Answer = append(resp.Answer, &dns.AAAA{
+				Hdr:  dns.RR_Header{Name: q.Name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: dnsTTL},
+				AAAA: net.IP(ip.AsSlice()),
 			})
 		}
 	}

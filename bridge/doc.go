@@ -1,7 +1,9 @@
 // Package bridge is ferry's privileged path: Docker-style bridge networks
 // for network namespaces, made of kernel objects (a Linux bridge, veth
 // pairs, iptables rules) rather than a userspace stack. It never imports
-// gVisor.
+// gVisor. A network may be dual stack (an IPv6 subnet too, with the same
+// rules in ip6tables), or a macvlan network: no bridge, no rules, a
+// macvlan on a host interface in each connected namespace.
 //
 // A [Manager] owns a state directory. Every call takes the directory's file
 // lock, reconciles the recorded state with the kernel, then makes its own
@@ -13,9 +15,9 @@
 //     prune, ls, inspect).
 //   - state.go: the state file, its lock and its records.
 //   - ipam.go: subnets and addresses.
-//   - link.go: the bridge and the veth pairs (netlink).
-//   - rules.go: ferry's iptables chains and the rules of a network, an
-//     attachment and a published port.
+//   - link.go: the bridge, the veth pairs and the macvlans (netlink).
+//   - rules.go: ferry's iptables and ip6tables chains and the rules of a
+//     network, an attachment and a published port.
 //   - ports.go: choosing host ports for published ports.
 //   - reconcile.go: repairing the kernel from the state after a crash or a
 //     namespace that went away.

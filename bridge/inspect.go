@@ -45,6 +45,7 @@ type EndpointView struct {
 	HostVeth    string     `json:"HostVeth"`
 	MacAddress  string     `json:"MacAddress"`
 	IPv4Address string     `json:"IPv4Address"`
+	IPv6Address string     `json:"IPv6Address"`
 	Ports       []PortView `json:"Ports,omitempty"`
 }
 
@@ -56,25 +57,41 @@ type PortView struct {
 	GuestPort int    `json:"ContainerPort"`
 }
 
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
 func view(n *Network) NetworkView {
 	v := NetworkView{
-		Name: n.Name, ID: n.ID, Created: n.Created, Driver: n.Driver, Internal: n.Internal,
-		IPAM:       IPAMView{Driver: "default", Config: []IPAMConfig{{Subnet: n.Subnet.String(), Gateway: n.Gateway.String()}}},
+		Name: n.Name, ID: n.ID, Created: n.Created, Driver: n.Driver, Internal: n.Internal, EnableIPv6: n.IPv6(),
+		IPAM:       IPAMView{Driver: "default", Config: []IPAMConfig{{Subnet: n.Subnet.String(), Gateway: addrString(n.Gateway)}}},
 		Containers: map[string]EndpointView{},
-		Options: map[string]string{
-			"name": n.Bridge,
-			"mtu":  strconv.Itoa(n.MTU),
-		},
-		DNS: n.Gateway.String() + ":53",
+		Options:    map[string]string{"mtu": strconv.Itoa(n.MTU)},
+	}
+	if n.Macvlan() {
+		v.Options["parent"] = n.Parent
+		v.Options["macvlan_mode"] = "bridge"
+	} else {
+		v.Options["name"] = n.Bridge
+		v.DNS = n.Gateway.String() + ":53"
 	}
 	if n.IPRange.IsValid() {
 		v.IPAM.Config[0].IPRange = n.IPRange.String()
+	}
+	if n.IPv6() {
+		v.IPAM.Config = append(v.IPAM.Config, IPAMConfig{Subnet: n.Subnet6.String(), Gateway: addrString(n.Gateway6)})
 	}
 	for id, a := range n.Attachments {
 		e := EndpointView{
 			Name: a.Name, Aliases: slices.Clone(a.Aliases), Netns: a.Netns, PID: a.PID,
 			Interface: a.Interface, HostVeth: a.HostVeth, MacAddress: a.MAC,
 			IPv4Address: netip.PrefixFrom(a.IP, n.Subnet.Bits()).String(),
+		}
+		if a.IP6.IsValid() {
+			e.IPv6Address = netip.PrefixFrom(a.IP6, n.Subnet6.Bits()).String()
 		}
 		for _, p := range a.Ports {
 			hip := ""

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"crypto/rand"
 	"fmt"
 	"net"
 	"net/netip"
@@ -57,6 +58,59 @@ func broadcast(p netip.Prefix) netip.Addr {
 		}
 	}
 	return netip.AddrFrom4(a)
+}
+
+// pickSubnet6 returns a random unique local /64 (fdXX:XXXX:XXXX::/64, a
+// random global ID as RFC 4193 says) that overlaps nothing in routed or
+// taken.
+func pickSubnet6(routed, taken []netip.Prefix) (netip.Prefix, error) {
+	for range 100 {
+		var b [16]byte
+		rand.Read(b[1:6])
+		b[0] = 0xfd
+		p := netip.PrefixFrom(netip.AddrFrom16(b), 64)
+		if !overlapsAny(p, routed) && !overlapsAny(p, taken) {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("no free IPv6 subnet found: give one with --subnet")
+}
+
+// allocate6 returns the first address of n's IPv6 subnet, from ::2 on,
+// that is neither its gateway nor used by an attachment.
+func allocate6(n *Network) (netip.Addr, error) {
+	used := map[netip.Addr]bool{n.Gateway6: true}
+	for _, a := range n.Attachments {
+		used[a.IP6] = true
+	}
+	a := n.Subnet6.Addr().Next()
+	for range 1 << 16 {
+		if a = a.Next(); !n.Subnet6.Contains(a) {
+			break
+		}
+		if !used[a] {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("network %s: no free IPv6 address left in %s: disconnect a namespace or create a larger network", n.Name, n.Subnet6)
+}
+
+// checkStatic6 validates an address asked for with --ip6.
+func checkStatic6(n *Network, ip netip.Addr) error {
+	switch {
+	case !n.IPv6():
+		return fmt.Errorf("--ip6 %s: network %s has no IPv6 subnet (create it with --ipv6)", ip, n.Name)
+	case !n.Subnet6.Contains(ip):
+		return fmt.Errorf("--ip6 %s is outside network %s's IPv6 subnet %s", ip, n.Name, n.Subnet6)
+	case ip == n.Gateway6 || ip == n.Subnet6.Addr():
+		return fmt.Errorf("--ip6 %s is network %s's subnet-router or gateway address: choose another", ip, n.Name)
+	}
+	for _, a := range n.Attachments {
+		if a.IP6 == ip {
+			return fmt.Errorf("--ip6 %s is already in use on network %s: choose another", ip, n.Name)
+		}
+	}
+	return nil
 }
 
 // allocate returns the first address of n's range (its --ip-range, else

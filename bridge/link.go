@@ -13,15 +13,17 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // defaultMTU is a network's MTU unless --mtu says otherwise.
 const defaultMTU = 1500
 
-// routedPrefixes lists the IPv4 destinations routed in the main table of
-// the current namespace, default routes excepted.
-func routedPrefixes() ([]netip.Prefix, error) {
-	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+// routedPrefixes lists the destinations of family (netlink.FAMILY_V4 or
+// FAMILY_V6) routed in the main table of the current namespace, default
+// routes, link-local and multicast excepted.
+func routedPrefixes(family int) ([]netip.Prefix, error) {
+	routes, err := netlink.RouteList(nil, family)
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
@@ -32,7 +34,7 @@ func routedPrefixes() ([]netip.Prefix, error) {
 		}
 		ones, _ := r.Dst.Mask.Size()
 		a, ok := netip.AddrFromSlice(r.Dst.IP)
-		if ok && ones > 0 {
+		if ok && ones > 0 && !a.IsLinkLocalUnicast() && !a.IsMulticast() {
 			out = append(out, netip.PrefixFrom(a.Unmap(), ones))
 		}
 	}
@@ -70,6 +72,16 @@ func createBridge(n *Network, ch *changes) error {
 		return fmt.Errorf("address bridge %s: %w", n.Bridge, err)
 	}
 	ch.done("address bridge " + n.Bridge)
+	if n.IPv6() {
+		if err := writeSysctl("net/ipv6/conf/"+n.Bridge+"/disable_ipv6", "0", ch); err != nil {
+			return err
+		}
+		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(br, addr); err != nil {
+			return fmt.Errorf("IPv6 address of bridge %s: %w", n.Bridge, err)
+		}
+		ch.done("IPv6 address bridge " + n.Bridge)
+	}
 	if err := writeSysctl("net/ipv4/conf/"+n.Bridge+"/route_localnet", "1", ch); err != nil {
 		return err
 	}
@@ -188,27 +200,129 @@ func createVeth(n *Network, a *Attachment, ns netns.NsHandle, h *netlink.Handle,
 	if err != nil {
 		return fmt.Errorf("veth %s in the namespace: %w", a.Interface, err)
 	}
-	if err := h.AddrAdd(peer, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a.IP, n.Subnet.Bits()))}); err != nil {
+	return configure(n, a, h, peer, ch)
+}
+
+// configure gives the interface link of the namespace h a's addresses
+// (IPv6 without duplicate address detection, as ferry hands it out),
+// brings it up and, for each family with a gateway, adds a default route
+// via it unless the namespace has one already.
+func configure(n *Network, a *Attachment, h *netlink.Handle, link netlink.Link, ch *changes) error {
+	if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a.IP, n.Subnet.Bits()))}); err != nil {
 		return fmt.Errorf("address %s in the namespace: %w", a.Interface, err)
 	}
 	ch.done("address " + a.Interface)
-	if err := h.LinkSetUp(peer); err != nil {
+	if a.IP6.IsValid() {
+		addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(a.IP6, n.Subnet6.Bits())), Flags: unix.IFA_F_NODAD}
+		if err := h.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("IPv6 address %s in the namespace (is IPv6 disabled there?): %w", a.Interface, err)
+		}
+		ch.done("IPv6 address " + a.Interface)
+	}
+	if err := h.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring %s up in the namespace: %w", a.Interface, err)
 	}
 	ch.done("up " + a.Interface)
-	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	for _, gw := range []netip.Addr{n.Gateway, n.Gateway6} {
+		if !gw.IsValid() || gw.Is6() && !a.IP6.IsValid() {
+			continue
+		}
+		family := netlink.FAMILY_V4
+		if gw.Is6() {
+			family = netlink.FAMILY_V6
+		}
+		if ok, err := hasDefaultRoute(h, family); err != nil {
+			return err
+		} else if ok {
+			continue // the namespace has a default route: it stays
+		}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
+			return fmt.Errorf("default route via %s in the namespace: %w", gw, err)
+		}
+		ch.done("default route via " + gw.String())
+	}
+	return nil
+}
+
+// hasDefaultRoute reports whether the namespace h has a default route of
+// family.
+func hasDefaultRoute(h *netlink.Handle, family int) (bool, error) {
+	routes, err := h.RouteList(nil, family)
 	if err != nil {
-		return fmt.Errorf("list the namespace's routes: %w", err)
+		return false, fmt.Errorf("list the namespace's routes: %w", err)
 	}
 	for _, r := range routes {
 		if r.Dst == nil || r.Dst.IP.IsUnspecified() && r.Dst.Mask != nil && isZeroMask(r.Dst.Mask) {
-			return nil // the namespace has a default route: it stays
+			return true, nil
 		}
 	}
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: peer.Attrs().Index, Gw: net.IP(n.Gateway.AsSlice())}); err != nil {
-		return fmt.Errorf("default route in the namespace: %w", err)
+	return false, nil
+}
+
+// createMacvlan makes a's interface in the namespace ns: a macvlan in
+// bridge mode on n's parent, created right inside the namespace with a's
+// name and MAC, then configured as a veth's end would be.
+func createMacvlan(n *Network, a *Attachment, ns netns.NsHandle, h *netlink.Handle, ch *changes) error {
+	parent, err := netlink.LinkByName(n.Parent)
+	if err != nil {
+		return fmt.Errorf("network %s: parent %s: %w", n.Name, n.Parent, err)
 	}
-	ch.done("default route via " + a.Interface)
+	mac, _ := net.ParseMAC(a.MAC)
+	mv := &netlink.Macvlan{
+		LinkAttrs: netlink.LinkAttrs{
+			Name: a.Interface, MTU: n.MTU, HardwareAddr: mac,
+			ParentIndex: parent.Attrs().Index, Namespace: netlink.NsFd(int(ns)),
+		},
+		Mode: netlink.MACVLAN_MODE_BRIDGE,
+	}
+	if err := netlink.LinkAdd(mv); err != nil {
+		return fmt.Errorf("create macvlan %s on %s: %w", a.Interface, n.Parent, err)
+	}
+	ch.done("add macvlan " + a.Interface)
+	link, err := h.LinkByName(a.Interface)
+	if err != nil {
+		return fmt.Errorf("macvlan %s in the namespace: %w", a.Interface, err)
+	}
+	return configure(n, a, h, link, ch)
+}
+
+// macvlanIn returns a's macvlan in the namespace h: the macvlan named
+// a.Interface with a's MAC, nil when there is none.
+func macvlanIn(h *netlink.Handle, a *Attachment) (netlink.Link, error) {
+	l, err := h.LinkByName(a.Interface)
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up %s in the namespace: %w", a.Interface, err)
+	}
+	if l.Type() != "macvlan" || l.Attrs().HardwareAddr.String() != a.MAC {
+		return nil, nil
+	}
+	return l, nil
+}
+
+// deleteMacvlan removes a's macvlan from its namespace; a namespace gone,
+// or one without it, is not an error.
+func deleteMacvlan(a *Attachment, ch *changes) error {
+	if id, err := netnsID(a.Netns); err != nil || id != a.NetnsID {
+		return nil // the namespace went away, and the macvlan with it
+	}
+	ns, h, err := openNetns(a.Netns)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	defer h.Close()
+	l, err := macvlanIn(h, a)
+	if err != nil || l == nil {
+		return err
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete macvlan %s: %w", a.Interface, err)
+	}
+	ch.done("delete macvlan " + a.Interface)
 	return nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/ferrynet/ferry/portspec"
 )
 
@@ -75,12 +77,21 @@ func (s *session) save() error { return s.st.save(s.dir) }
 // CreateOptions describe a new network.
 type CreateOptions struct {
 	Name string
-	// Driver is "bridge" (the default); "macvlan" is not implemented yet.
+	// Driver is "bridge" (the default) or "macvlan".
 	Driver string
 	// Subnet is picked among free private ranges when not valid.
 	Subnet netip.Prefix
-	// Gateway defaults to the subnet's first address.
+	// Gateway defaults to the subnet's first address on a bridge network;
+	// a macvlan network has none unless given.
 	Gateway netip.Addr
+	// IPv6 makes a dual-stack network: Subnet6 (a random unique local
+	// /64 when not valid) with Gateway6 (default: its ::1 on a bridge
+	// network, none on a macvlan network).
+	IPv6     bool
+	Subnet6  netip.Prefix
+	Gateway6 netip.Addr
+	// Parent is the host interface a macvlan network's interfaces sit on.
+	Parent string
 	// IPRange, when valid, limits the addresses handed out.
 	IPRange netip.Prefix
 	// Internal networks have no route out: no MASQUERADE, and traffic
@@ -136,17 +147,23 @@ func (s *session) plan(o CreateOptions) (*Network, error) {
 	if _, ok := s.st.Networks[o.Name]; ok {
 		return nil, fmt.Errorf("network %s already exists: choose another name or remove it with 'ferry net rm %s'", o.Name, o.Name)
 	}
-	switch o.Driver {
-	case "", "bridge":
-	case "macvlan":
-		return nil, errors.New("driver macvlan is not implemented yet: use -d bridge")
-	default:
-		return nil, fmt.Errorf("unknown driver %q: use bridge", o.Driver)
-	}
 	n := &Network{
-		ID: randomID(), Name: o.Name, Driver: "bridge", Internal: o.Internal, MTU: o.MTU,
+		ID: randomID(), Name: o.Name, Driver: DriverBridge, Internal: o.Internal, MTU: o.MTU,
 		NoMasquerade: o.NoMasquerade, NoIsolation: o.NoIsolation,
 		Created: time.Now().UTC(), Status: Creating, Attachments: map[string]*Attachment{},
+	}
+	switch o.Driver {
+	case "", DriverBridge:
+		if o.Parent != "" {
+			return nil, errors.New("-o parent is for the macvlan driver: add -d macvlan")
+		}
+	case DriverMacvlan:
+		n.Driver = DriverMacvlan
+		if err := planMacvlan(n, o); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown driver %q: use bridge or macvlan", o.Driver)
 	}
 	if n.MTU == 0 {
 		n.MTU = defaultMTU
@@ -154,17 +171,29 @@ func (s *session) plan(o CreateOptions) (*Network, error) {
 	if n.MTU < 68 || n.MTU > 65535 {
 		return nil, fmt.Errorf("invalid --mtu %d: use 68 to 65535", o.MTU)
 	}
-	var taken []netip.Prefix
+	var taken, taken6 []netip.Prefix
 	for _, other := range s.st.Networks {
 		taken = append(taken, other.Subnet)
+		if other.IPv6() {
+			taken6 = append(taken6, other.Subnet6)
+		}
 	}
-	routed, err := routedPrefixes()
-	if err != nil {
-		return nil, err
+	var routed, routed6 []netip.Prefix
+	if !n.Macvlan() {
+		// A macvlan network's subnet is its parent's LAN, routed or not.
+		var err error
+		if routed, err = routedPrefixes(netlink.FAMILY_V4); err != nil {
+			return nil, err
+		}
+		if o.IPv6 || o.Subnet6.IsValid() {
+			if routed6, err = routedPrefixes(netlink.FAMILY_V6); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if o.Subnet.IsValid() {
 		if !o.Subnet.Addr().Is4() {
-			return nil, fmt.Errorf("--subnet %s: IPv6 networks are not implemented yet: give an IPv4 subnet", o.Subnet)
+			return nil, fmt.Errorf("--subnet %s: give IPv6 subnets with --ipv6, alongside an IPv4 one or none", o.Subnet)
 		}
 		if o.Subnet.Bits() > 30 {
 			return nil, fmt.Errorf("--subnet %s is too small: use /30 or larger", o.Subnet)
@@ -176,10 +205,17 @@ func (s *session) plan(o CreateOptions) (*Network, error) {
 			return nil, fmt.Errorf("--subnet %s overlaps a route of this host: choose a free range, or leave --subnet out to have one picked", o.Subnet)
 		}
 		n.Subnet = o.Subnet.Masked()
-	} else if n.Subnet, err = pickSubnet(routed, taken); err != nil {
-		return nil, err
+	} else if n.Macvlan() {
+		return nil, errors.New("a macvlan network needs --subnet: its parent's LAN, or a part of it")
+	} else {
+		var err error
+		if n.Subnet, err = pickSubnet(routed, taken); err != nil {
+			return nil, err
+		}
 	}
-	n.Gateway = firstHost(n.Subnet)
+	if !n.Macvlan() {
+		n.Gateway = firstHost(n.Subnet)
+	}
 	if o.Gateway.IsValid() {
 		n.Gateway = o.Gateway
 		if !n.Subnet.Contains(n.Gateway) || n.Gateway == n.Subnet.Addr() || n.Gateway == broadcast(n.Subnet) {
@@ -191,6 +227,12 @@ func (s *session) plan(o CreateOptions) (*Network, error) {
 			return nil, fmt.Errorf("--ip-range %s is not inside subnet %s", o.IPRange, n.Subnet)
 		}
 		n.IPRange = o.IPRange.Masked()
+	}
+	if err := planIPv6(n, o, routed6, taken6); err != nil {
+		return nil, err
+	}
+	if n.Macvlan() {
+		return n, nil
 	}
 	n.Bridge = o.BridgeName
 	if n.Bridge == "" {
@@ -207,16 +249,96 @@ func (s *session) plan(o CreateOptions) (*Network, error) {
 	return n, nil
 }
 
+// planMacvlan checks the options of a macvlan network and records its
+// parent; its MTU defaults to the parent's.
+func planMacvlan(n *Network, o CreateOptions) error {
+	switch {
+	case o.Parent == "":
+		return errors.New("a macvlan network needs its parent interface: add -o parent=IF")
+	case o.BridgeName != "":
+		return errors.New("-o name names a bridge, and a macvlan network has none")
+	case o.Internal:
+		return errors.New("--internal is for bridge networks: a macvlan network has no rules, its traffic goes straight out of its parent")
+	}
+	parent, err := netlink.LinkByName(o.Parent)
+	if err != nil {
+		return fmt.Errorf("-o parent=%s: %w: give an interface of this host (see 'ip link')", o.Parent, err)
+	}
+	pmtu := parent.Attrs().MTU
+	if n.MTU == 0 {
+		n.MTU = pmtu
+	}
+	if n.MTU > pmtu {
+		return fmt.Errorf("--mtu %d is larger than parent %s's MTU %d", n.MTU, o.Parent, pmtu)
+	}
+	n.Parent = o.Parent
+	return nil
+}
+
+// planIPv6 records the IPv6 subnet and gateway of a dual-stack network.
+func planIPv6(n *Network, o CreateOptions, routed6, taken6 []netip.Prefix) error {
+	if !o.IPv6 {
+		if o.Subnet6.IsValid() || o.Gateway6.IsValid() {
+			return errors.New("an IPv6 --subnet or --gateway needs --ipv6")
+		}
+		return nil
+	}
+	if o.Subnet6.IsValid() {
+		p := o.Subnet6
+		switch {
+		case !p.Addr().Is6() || p.Addr().Is4In6():
+			return fmt.Errorf("--subnet %s is not an IPv6 subnet", p)
+		case p.Bits() > 124:
+			return fmt.Errorf("--subnet %s is too small: use /124 or larger (/64 is usual)", p)
+		case p.Addr().IsLinkLocalUnicast() || p.Addr().IsMulticast() || p.Addr().IsLoopback():
+			return fmt.Errorf("--subnet %s is link-local, multicast or loopback: use a unique local (fd00::/8) or global range", p)
+		case overlapsAny(p, taken6):
+			return fmt.Errorf("--subnet %s overlaps another ferry network's IPv6 subnet: see 'ferry net ls'", p)
+		case overlapsAny(p, routed6):
+			return fmt.Errorf("--subnet %s overlaps an IPv6 route of this host: choose a free range", p)
+		}
+		n.Subnet6 = p.Masked()
+	} else if n.Macvlan() {
+		return errors.New("a dual-stack macvlan network needs an IPv6 --subnet: its parent's LAN prefix")
+	} else {
+		var err error
+		if n.Subnet6, err = pickSubnet6(routed6, taken6); err != nil {
+			return err
+		}
+	}
+	if !n.Macvlan() {
+		n.Gateway6 = n.Subnet6.Addr().Next()
+	}
+	if o.Gateway6.IsValid() {
+		if !n.Subnet6.Contains(o.Gateway6) || o.Gateway6 == n.Subnet6.Addr() {
+			return fmt.Errorf("--gateway %s is not a host address of subnet %s", o.Gateway6, n.Subnet6)
+		}
+		n.Gateway6 = o.Gateway6
+	}
+	return nil
+}
+
 // build makes the kernel objects of a network recorded as creating, and
 // records it ready.
 func (s *session) build(n *Network) error {
+	if n.Macvlan() {
+		// Nothing on the host: each connect makes a macvlan in its
+		// namespace.
+		n.Status = Ready
+		return s.save()
+	}
 	if err := writeSysctl("net/ipv4/ip_forward", "1", s.ch); err != nil {
 		return err
+	}
+	if n.IPv6() {
+		if err := writeSysctl("net/ipv6/conf/all/forwarding", "1", s.ch); err != nil {
+			return err
+		}
 	}
 	if err := createBridge(n, s.ch); err != nil {
 		return err
 	}
-	if err := s.rules.ensureBase(); err != nil {
+	if err := s.rules.ensureBase(n.IPv6()); err != nil {
 		return err
 	}
 	if err := s.rules.add(networkTag(n), networkRules(n)); err != nil {
@@ -231,13 +353,38 @@ func (s *session) build(n *Network) error {
 	return s.save()
 }
 
+// deleteAttachmentLink removes a's veth pair, or its macvlan.
+func deleteAttachmentLink(n *Network, a *Attachment, ch *changes) error {
+	if n.Macvlan() {
+		return deleteMacvlan(a, ch)
+	}
+	return deleteLink(a.HostVeth, ch)
+}
+
+// dropUnusedBase removes ferry's chains from both families when no network
+// is left, from ip6tables when no IPv6 network is.
+func (s *session) dropUnusedBase() error {
+	if len(s.st.Networks) == 0 {
+		return s.rules.removeBase()
+	}
+	for _, n := range s.st.Networks {
+		if n.IPv6() && !n.Macvlan() {
+			return nil
+		}
+	}
+	if ok, err := s.rules.base6Exists(); err != nil || !ok {
+		return err
+	}
+	return s.rules.removeBase6()
+}
+
 // rollbackNetwork undoes a network after a failure, best effort: the next
 // call's reconcile finishes what this cannot.
 func (s *session) rollbackNetwork(n *Network) {
 	if s.teardownNetwork(n) == nil {
 		delete(s.st.Networks, n.Name)
-		if s.save() == nil && len(s.st.Networks) == 0 {
-			s.rules.removeBase()
+		if s.save() == nil {
+			s.dropUnusedBase()
 		}
 	}
 }
@@ -256,9 +403,11 @@ func (s *session) teardownNetwork(n *Network) error {
 		return tag == prefix || len(tag) > len(prefix) && tag[:len(prefix)+1] == prefix+":"
 	}))
 	for _, a := range n.Attachments {
-		errs = append(errs, deleteLink(a.HostVeth, s.ch))
+		errs = append(errs, deleteAttachmentLink(n, a, s.ch))
 	}
-	errs = append(errs, deleteLink(n.Bridge, s.ch))
+	if !n.Macvlan() {
+		errs = append(errs, deleteLink(n.Bridge, s.ch))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove network %s: %w", n.Name, err)
 	}
@@ -279,10 +428,7 @@ func (s *session) removeNetwork(n *Network) error {
 	if err := s.save(); err != nil {
 		return err
 	}
-	if len(s.st.Networks) == 0 {
-		return s.rules.removeBase()
-	}
-	return nil
+	return s.dropUnusedBase()
 }
 
 // Remove removes the named networks. A network with attached namespaces
@@ -339,7 +485,9 @@ type ConnectOptions struct {
 	// PID, when known, is recorded for inspect.
 	PID int
 	// IP is a static address; an address is allocated when not valid.
-	IP netip.Addr
+	// IP6 likewise on a dual-stack network.
+	IP  netip.Addr
+	IP6 netip.Addr
 	// Ports are the parsed -p specs to publish.
 	Ports []portspec.Mapping
 	// Name and Aliases resolve to the namespace's address through the
@@ -398,7 +546,21 @@ func (s *session) connect(network string, o ConnectOptions) (*Attachment, error)
 		ID: randomID(), Name: o.Name, Aliases: o.Aliases, Netns: o.Netns, NetnsID: id, PID: o.PID, Status: Creating,
 		ContainerID: o.ContainerID,
 	}
-	a.HostVeth = "fv" + a.ID[:10]
+	if !n.Macvlan() {
+		a.HostVeth = "fv" + a.ID[:10]
+	} else if len(o.Ports) > 0 {
+		return nil, fmt.Errorf("network %s is a macvlan network: it publishes no ports, the namespace's address is reachable on %s's network", n.Name, n.Parent)
+	}
+	if o.IP6.IsValid() {
+		if err := checkStatic6(n, o.IP6); err != nil {
+			return nil, err
+		}
+		a.IP6 = o.IP6
+	} else if n.IPv6() {
+		if a.IP6, err = allocate6(n); err != nil {
+			return nil, err
+		}
+	}
 	if o.IP.IsValid() {
 		if err := checkStatic(n, o.IP); err != nil {
 			return nil, err
@@ -408,7 +570,7 @@ func (s *session) connect(network string, o ConnectOptions) (*Attachment, error)
 		return nil, err
 	}
 	a.MAC = macFor(a.IP).String()
-	if a.Ports, err = choosePorts(s.st, o.Ports); err != nil {
+	if a.Ports, err = choosePorts(s.st, o.Ports, n.IPv6()); err != nil {
 		return nil, err
 	}
 	ns, h, err := openNetns(o.Netns)
@@ -428,7 +590,11 @@ func (s *session) connect(network string, o ConnectOptions) (*Attachment, error)
 	if err := s.save(); err != nil {
 		return nil, err
 	}
-	err = createVeth(n, a, ns, h, s.ch)
+	if n.Macvlan() {
+		err = createMacvlan(n, a, ns, h, s.ch)
+	} else {
+		err = createVeth(n, a, ns, h, s.ch)
+	}
 	for _, p := range a.Ports {
 		if err != nil {
 			break
@@ -449,11 +615,11 @@ func (s *session) connect(network string, o ConnectOptions) (*Attachment, error)
 	return a, nil
 }
 
-// teardownAttachment removes a's rules and veth pair.
+// teardownAttachment removes a's rules and veth pair (or macvlan).
 func (s *session) teardownAttachment(n *Network, a *Attachment) error {
 	tag := attachmentTag(n, a)
 	err := s.rules.removeTagged(func(t string) bool { return t == tag })
-	return errors.Join(err, deleteLink(a.HostVeth, s.ch))
+	return errors.Join(err, deleteAttachmentLink(n, a, s.ch))
 }
 
 // Disconnect disconnects a namespace from the named network. target is

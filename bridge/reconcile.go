@@ -12,7 +12,8 @@ import "errors"
 //     rules and veth;
 //   - a network whose DNS responder died gets a new one, and a responder
 //     that belongs to no network is stopped;
-//   - with no network left, ferry's chains and jumps are removed.
+//   - with no network left, ferry's chains and jumps are removed, and
+//     with no IPv6 network left, those of ip6tables.
 func (s *session) reconcile() error {
 	dirty := false
 	var errs []error
@@ -27,7 +28,7 @@ func (s *session) reconcile() error {
 			continue
 		}
 		for id, a := range n.Attachments {
-			if a.Status == Ready && !gone(a) {
+			if a.Status == Ready && !gone(n, a) {
 				continue
 			}
 			if err := s.teardownAttachment(n, a); err != nil {
@@ -52,17 +53,36 @@ func (s *session) reconcile() error {
 		} else if ok {
 			errs = append(errs, s.rules.removeBase())
 		}
+	} else {
+		errs = append(errs, s.dropUnusedBase())
 	}
 	return errors.Join(errs...)
 }
 
-// gone reports whether a's namespace has gone away.
-func gone(a *Attachment) bool {
-	if ok, err := linkExists(a.HostVeth); err == nil && !ok {
-		return true
+// gone reports whether a's namespace has gone away, or its interface: the
+// veth (which goes with the namespace), or the macvlan (which goes with
+// its parent).
+func gone(n *Network, a *Attachment) bool {
+	if !n.Macvlan() {
+		if ok, err := linkExists(a.HostVeth); err == nil && !ok {
+			return true
+		}
 	}
 	id, err := netnsID(a.Netns)
-	return err != nil || id != a.NetnsID
+	if err != nil || id != a.NetnsID {
+		return true
+	}
+	if n.Macvlan() {
+		ns, h, err := openNetns(a.Netns)
+		if err != nil {
+			return false
+		}
+		defer ns.Close()
+		defer h.Close()
+		l, err := macvlanIn(h, a)
+		return err == nil && l == nil
+	}
+	return false
 }
 
 // reconcileDNS stops responders of no network (or duplicates) and starts
@@ -77,6 +97,9 @@ func (s *session) reconcileDNS() error {
 	var errs []error
 	for pid, id := range procs {
 		n := byID[id]
+		if n != nil && n.Macvlan() {
+			n = nil // a macvlan network has no responder
+		}
 		if n != nil && n.DNSPID != pid && !alive(n.DNSPID) {
 			n.DNSPID = pid // started by a call that crashed before recording it
 			dirty = true
@@ -87,7 +110,7 @@ func (s *session) reconcileDNS() error {
 		}
 	}
 	for _, n := range sortedNetworks(s.st) {
-		if procs[n.DNSPID] == n.ID {
+		if n.Macvlan() || procs[n.DNSPID] == n.ID {
 			continue
 		}
 		pid, err := startDNS(s.dir, n, s.ch)

@@ -23,6 +23,19 @@ const (
 	lockFile  = "lock"
 )
 
+// The drivers of a network.
+const (
+	DriverBridge  = "bridge"
+	DriverMacvlan = "macvlan"
+)
+
+// IPv6 reports whether n is dual stack.
+func (n *Network) IPv6() bool { return n.Subnet6.IsValid() }
+
+// Macvlan reports whether n is a macvlan network: no bridge, no rules, no
+// DNS responder.
+func (n *Network) Macvlan() bool { return n.Driver == DriverMacvlan }
+
 // Status says whether a record describes something complete or an
 // operation that was under way. A record not Ready when a call starts means
 // the call that wrote it crashed: reconcile undoes Creating records (a
@@ -44,12 +57,20 @@ type state struct {
 
 // Network is one ferry network as recorded in the state.
 type Network struct {
-	ID       string       `json:"id"`
-	Name     string       `json:"name"`
-	Driver   string       `json:"driver"`
-	Bridge   string       `json:"bridge"`
-	Subnet   netip.Prefix `json:"subnet"`
-	Gateway  netip.Addr   `json:"gateway"`
+	ID     string       `json:"id"`
+	Name   string       `json:"name"`
+	Driver string       `json:"driver"`
+	Bridge string       `json:"bridge"`
+	Subnet netip.Prefix `json:"subnet"`
+	// Gateway is the bridge's address; on a macvlan network the router
+	// given with --gateway, invalid when none was.
+	Gateway netip.Addr `json:"gateway,omitzero"`
+	// Subnet6 and Gateway6 are the IPv6 side of a dual-stack (--ipv6)
+	// network, invalid otherwise.
+	Subnet6  netip.Prefix `json:"subnet6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
+	// Parent is the host interface of a macvlan network.
+	Parent   string       `json:"parent,omitempty"`
 	IPRange  netip.Prefix `json:"ipRange,omitzero"`
 	Internal bool         `json:"internal,omitempty"`
 	MTU      int          `json:"mtu,omitempty"`
@@ -79,10 +100,12 @@ type Attachment struct {
 	// ContainerID is the runtime's container ID (CNI), when given.
 	ContainerID string `json:"containerId,omitempty"`
 	// HostVeth is the host end of the veth pair, Interface the end inside
-	// the namespace (eth0, eth1, ...).
-	HostVeth  string          `json:"hostVeth"`
+	// the namespace (eth0, eth1, ...). On a macvlan network there is no
+	// host end: Interface is the macvlan itself.
+	HostVeth  string          `json:"hostVeth,omitempty"`
 	Interface string          `json:"interface"`
 	IP        netip.Addr      `json:"ip"`
+	IP6       netip.Addr      `json:"ip6,omitzero"`
 	MAC       string          `json:"mac"`
 	Ports     []PublishedPort `json:"ports,omitempty"`
 	Status    Status          `json:"status"`

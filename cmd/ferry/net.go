@@ -106,25 +106,37 @@ func minArgs(n int, what string) cobra.PositionalArgs {
 }
 
 type netCreateFlags struct {
-	subnet, gateway, ipRange string
-	internal, ipv6           bool
-	mtu                      int
-	driver                   string
-	opts                     []string
+	subnets, gateways []string
+	ipRange           string
+	internal, ipv6    bool
+	mtu               int
+	driver            string
+	opts              []string
 }
 
 func newNetCreateCommand(c *netCommon) *cobra.Command {
 	f := &netCreateFlags{}
 	cmd := &cobra.Command{
 		Use:   "create [flags] NAME",
-		Short: "Create a bridge network",
+		Short: "Create a bridge or macvlan network",
 		Long: `Create a network: a Linux bridge holding the gateway address, the iptables
 rules that NAT its traffic out (unless --internal) and isolate it from other
 ferry networks, and a DNS responder on the gateway. Without --subnet, the
 first free range of 172.17.0.0/16 ... 172.31.0.0/16, 192.168.0.0/20 ... that
-no route of the host covers is used.`,
+no route of the host covers is used.
+
+With --ipv6 the network is dual stack: an IPv6 --subnet as well (default: a
+random unique local /64), gateway ::1 of it on the bridge, and the same rules
+in ip6tables.
+
+With -d macvlan -o parent=IF there is no bridge, no rule and no DNS
+responder: each connected namespace gets a macvlan (mode bridge) on IF with
+an address of --subnet (required: IF's LAN or a part of it) and a default
+route via --gateway when given.`,
 		Example: `  ferry net create web
-  ferry net create --subnet 10.88.0.0/24 --internal backend`,
+  ferry net create --subnet 10.88.0.0/24 --internal backend
+  ferry net create --ipv6 --subnet 172.30.0.0/24 --subnet fd42:30::/64 dual
+  ferry net create -d macvlan -o parent=eth0 --subnet 192.168.1.0/24 --ip-range 192.168.1.192/27 --gateway 192.168.1.1 lan`,
 		Args: exactArgs(1, "the network's NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := f.options(args[0])
@@ -146,32 +158,48 @@ no route of the host covers is used.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.subnet, "subnet", "", "the network's subnet in CIDR form (default: a free private range)")
-	fl.StringVar(&f.gateway, "gateway", "", "the gateway address (default: the subnet's first address)")
+	fl.StringArrayVar(&f.subnets, "subnet", nil, "the network's subnet in CIDR form (default: a free private range); with --ipv6, repeat it for the IPv6 subnet")
+	fl.StringArrayVar(&f.gateways, "gateway", nil, "the gateway address (default: the subnet's first address on a bridge, none on macvlan); one per family")
 	fl.StringVar(&f.ipRange, "ip-range", "", "hand out addresses only from this CIDR range inside the subnet")
 	fl.BoolVar(&f.internal, "internal", false, "no route out of the network: no MASQUERADE, traffic leaving the subnet is dropped")
-	fl.BoolVar(&f.ipv6, "ipv6", false, "also an IPv6 subnet (not implemented yet)")
+	fl.BoolVar(&f.ipv6, "ipv6", false, "dual stack: an IPv6 subnet too (default: a random unique local /64)")
 	fl.IntVar(&f.mtu, "mtu", 0, "MTU of the bridge and the veths (default 1500)")
-	fl.StringVarP(&f.driver, "driver", "d", "bridge", "network driver: bridge (macvlan is not implemented yet)")
-	fl.StringArrayVarP(&f.opts, "opt", "o", nil, "driver option KEY=VALUE: name=BRIDGE names the bridge, mtu=N")
+	fl.StringVarP(&f.driver, "driver", "d", "bridge", "network driver: bridge or macvlan")
+	fl.StringArrayVarP(&f.opts, "opt", "o", nil, "driver option KEY=VALUE: name=BRIDGE names the bridge, mtu=N; parent=IF (macvlan), macvlan_mode=bridge")
 	return cmd
 }
 
 func (f *netCreateFlags) options(name string) (bridge.CreateOptions, error) {
 	o := bridge.CreateOptions{Name: name, Driver: f.driver, Internal: f.internal, MTU: f.mtu}
 	var err error
-	if f.ipv6 {
-		return o, errors.New("--ipv6 is not implemented yet: create an IPv4 network")
-	}
-	if f.subnet != "" {
-		if o.Subnet, err = netip.ParsePrefix(f.subnet); err != nil {
-			return o, fmt.Errorf("invalid --subnet %q: want CIDR notation such as 10.88.0.0/16", f.subnet)
+	o.IPv6 = f.ipv6
+	for _, sub := range f.subnets {
+		p, err := netip.ParsePrefix(sub)
+		if err != nil {
+			return o, fmt.Errorf("invalid --subnet %q: want CIDR notation such as 10.88.0.0/16 or fd42:88::/64", sub)
 		}
-	}
-	if f.gateway != "" {
-		if o.Gateway, err = netip.ParseAddr(f.gateway); err != nil {
-			return o, fmt.Errorf("invalid --gateway %q: want an IP address such as 10.88.0.1", f.gateway)
+		dst := &o.Subnet
+		if p.Addr().Is6() {
+			dst = &o.Subnet6
 		}
+		if dst.IsValid() {
+			return o, fmt.Errorf("--subnet %s: only one subnet per family (%s already given)", sub, dst)
+		}
+		*dst = p
+	}
+	for _, gw := range f.gateways {
+		ip, err := netip.ParseAddr(gw)
+		if err != nil {
+			return o, fmt.Errorf("invalid --gateway %q: want an IP address such as 10.88.0.1", gw)
+		}
+		dst := &o.Gateway
+		if ip.Is6() {
+			dst = &o.Gateway6
+		}
+		if dst.IsValid() {
+			return o, fmt.Errorf("--gateway %s: only one gateway per family (%s already given)", gw, dst)
+		}
+		*dst = ip
 	}
 	if f.ipRange != "" {
 		if o.IPRange, err = netip.ParsePrefix(f.ipRange); err != nil {
@@ -190,9 +218,13 @@ func (f *netCreateFlags) options(name string) (bridge.CreateOptions, error) {
 				return o, fmt.Errorf("invalid -o %q: the MTU must be a number", kv)
 			}
 		case k == "parent":
-			return o, errors.New("-o parent is for the macvlan driver, which is not implemented yet")
+			o.Parent = v
+		case k == "macvlan_mode":
+			if v != "bridge" {
+				return o, fmt.Errorf("-o macvlan_mode=%s: only mode bridge is supported", v)
+			}
 		default:
-			return o, fmt.Errorf("unknown driver option %q: use name=BRIDGE or mtu=N", k)
+			return o, fmt.Errorf("unknown driver option %q: use name=BRIDGE, mtu=N or parent=IF", k)
 		}
 	}
 	return o, nil
@@ -207,7 +239,7 @@ func netnsTarget(arg string) (string, int) {
 }
 
 type netConnectFlags struct {
-	ip      string
+	ip, ip6 string
 	publish []string
 	name    string
 	aliases []string
@@ -220,8 +252,10 @@ func newNetConnectCommand(c *netCommon) *cobra.Command {
 		Short: "Connect a network namespace to a network",
 		Long: `Connect the network namespace of process PID (or the one bind-mounted at PATH)
 to NETWORK: a veth pair with one end in the namespace (eth0, or the next
-free ethN), an address of the network, its MTU, a default route via the
-gateway if the namespace has none, and DNAT rules for each -p.`,
+free ethN), an address of the network (and an IPv6 one on a dual-stack
+network), its MTU, a default route via the gateway if the namespace has none,
+and DNAT rules for each -p. On a macvlan network the interface is a macvlan
+on the network's parent, and nothing is published.`,
 		Example: `  ferry net connect web 1234 -p 8080:80 --name api
   ferry net connect web /run/netns/blue --ip 172.18.0.10`,
 		Args: exactArgs(2, "NETWORK and PID|PATH"),
@@ -234,6 +268,13 @@ gateway if the namespace has none, and DNAT rules for each -p.`,
 					return fmt.Errorf("invalid --ip %q: want an IPv4 address", f.ip)
 				}
 				o.IP = ip
+			}
+			if f.ip6 != "" {
+				ip, err := netip.ParseAddr(f.ip6)
+				if err != nil || !ip.Is6() || ip.Is4In6() {
+					return fmt.Errorf("invalid --ip6 %q: want an IPv6 address", f.ip6)
+				}
+				o.IP6 = ip
 			}
 			for _, spec := range f.publish {
 				ms, err := portspec.Parse(spec)
@@ -254,6 +295,7 @@ gateway if the namespace has none, and DNAT rules for each -p.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.ip, "ip", "", "the namespace's address (default: the next free one)")
+	fl.StringVar(&f.ip6, "ip6", "", "the namespace's IPv6 address on a dual-stack network (default: the next free one)")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a port, Docker's syntax: [[HOSTIP:][HOSTPORT]:]PORT[/udp] (repeatable)")
 	fl.StringVar(&f.name, "name", "", "a name other namespaces on the network resolve to this one")
 	fl.StringArrayVar(&f.aliases, "alias", nil, "another name for this namespace on the network (repeatable)")
@@ -310,8 +352,23 @@ func newNetLsCommand(c *netCommon) *cobra.Command {
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
 			fmt.Fprintln(w, "NETWORK ID\tNAME\tDRIVER\tSUBNET\tGATEWAY\tBRIDGE\tNAMESPACES")
 			for _, n := range ns {
+				var subs, gws []string
+				for _, c := range n.IPAM.Config {
+					subs = append(subs, c.Subnet)
+					if c.Gateway != "" {
+						gws = append(gws, c.Gateway)
+					}
+				}
+				link := n.Options["name"]
+				if p, ok := n.Options["parent"]; ok {
+					link = "parent " + p
+				}
+				gw := strings.Join(gws, ",")
+				if gw == "" {
+					gw = "-"
+				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", n.ID, n.Name, n.Driver,
-					n.IPAM.Config[0].Subnet, n.IPAM.Config[0].Gateway, n.Options["name"], len(n.Containers))
+					strings.Join(subs, ","), gw, link, len(n.Containers))
 			}
 			return w.Flush()
 		},
