@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -171,6 +172,12 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // copyConn copies from src to dst until src's EOF (nil) or an error. It
 // borrows a pooled buffer only while data is ready.
 func copyConn(dst io.Writer, src io.Reader) error {
+	if c, ok := src.(countedConn); ok {
+		src = c.halfCloser // counts what is written to it, not read
+	}
+	if c, ok := src.(*net.TCPConn); ok {
+		return copyFromSocket(dst, c)
+	}
 	for {
 		if err := waitReadable(src); err != nil {
 			return err
@@ -189,6 +196,58 @@ func copyConn(dst io.Writer, src io.Reader) error {
 		}
 		if err != nil {
 			return err
+		}
+	}
+}
+
+// copyFromSocket is copyConn from a host socket: one nonblocking read per
+// wake borrows a buffer and gives it back at once when there was nothing to
+// read, so that, as with waitReadable, idle flows hold no buffer, without
+// a peek costing a syscall per wake.
+func copyFromSocket(dst io.Writer, src *net.TCPConn) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		var (
+			bp   *[]byte
+			n    int
+			rerr error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			bp = copyBufs.Get().(*[]byte)
+			for {
+				n, rerr = unix.Read(int(fd), *bp)
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			if rerr == unix.EAGAIN {
+				copyBufs.Put(bp)
+				bp = nil
+				return false
+			}
+			return true
+		})
+		if err != nil {
+			if bp != nil {
+				copyBufs.Put(bp)
+			}
+			return err
+		}
+		if rerr != nil {
+			copyBufs.Put(bp)
+			return &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		}
+		if n == 0 {
+			copyBufs.Put(bp)
+			return nil // EOF
+		}
+		_, werr := dst.Write((*bp)[:n])
+		copyBufs.Put(bp)
+		if werr != nil {
+			return werr
 		}
 	}
 }

@@ -29,6 +29,9 @@ const (
 	maxFrame = 65536
 	// gsoMaxSize is the largest segment gVisor may hand us to split.
 	gsoMaxSize = 65536 - header.EthernetMinimumSize - 128
+	// smallFrame is the largest frame copied out of the read buffer into a
+	// chunk of its own size rather than handed over with the buffer.
+	smallFrame = 16 << 10
 )
 
 // vnetEndpoint is a gVisor link endpoint on a TAP opened with IFF_VNET_HDR
@@ -189,9 +192,19 @@ func (e *vnetEndpoint) readLoop(d stack.NetworkDispatcher) {
 		if n <= vnetHdrLen+header.EthernetMinimumSize {
 			continue
 		}
-		v.CapLength(n - vnetHdrLen)
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
-		v = nil
+		var frame *buffer.View
+		if n-vnetHdrLen <= smallFrame {
+			// A small frame (an ACK, a datagram) gets a chunk of its own
+			// size and the big one is read into again: gVisor clears every
+			// chunk it hands out, and clones a frame's chunk when a
+			// forwarder shares it, so a 64 KiB chunk per small frame costs
+			// far more than this copy.
+			frame = buffer.NewViewWithData(v.AsSlice()[:n-vnetHdrLen])
+		} else {
+			v.CapLength(n - vnetHdrLen)
+			frame, v = v, nil
+		}
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(frame)})
 		eth, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
 		if ok {
 			d.DeliverNetworkPacket(header.Ethernet(eth).Type(), pkt)
