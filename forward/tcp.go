@@ -39,6 +39,7 @@ func (u *Userspace) serveTCP(ctx context.Context, p *published, log *slog.Logger
 // refused connection is passed on to the client as a reset.
 func (u *Userspace) proxyTCP(ctx context.Context, client *net.TCPConn, dst netip.AddrPort, log *slog.Logger) {
 	from := client.RemoteAddr().(*net.TCPAddr).AddrPort()
+	dst = u.dstFor(from, dst)
 	dctx, cancel := context.WithTimeout(ctx, u.opts.DialTimeout)
 	guest, err := u.guest.DialTCP(dctx, peerFor(from, dst.Addr()), dst)
 	cancel()

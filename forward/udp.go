@@ -58,7 +58,8 @@ func (u *Userspace) serveUDP(ctx context.Context, p *published, log *slog.Logger
 		mu.Lock()
 		f := flows[client]
 		if f == nil {
-			g, err := u.guest.DialUDP(peerFor(client, dst.Addr()), dst)
+			fdst := u.dstFor(client, dst)
+			g, err := u.guest.DialUDP(peerFor(client, fdst.Addr()), fdst)
 			if err != nil {
 				mu.Unlock()
 				log.Debug("udp flow into the guest", "client", client, "err", err)

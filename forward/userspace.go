@@ -20,6 +20,8 @@ import (
 // meaning the gateway). *stack.Stack provides it through StackGuest.
 type Guest interface {
 	Addr() netip.Addr
+	// Addr6 is the guest's IPv6 address, invalid when it has none.
+	Addr6() netip.Addr
 	DialTCP(ctx context.Context, src, dst netip.AddrPort) (stack.HalfConn, error)
 	DialUDP(src, dst netip.AddrPort) (net.Conn, error)
 }
@@ -30,6 +32,8 @@ func StackGuest(st *stack.Stack) Guest { return stackGuest{st} }
 type stackGuest struct{ st *stack.Stack }
 
 func (g stackGuest) Addr() netip.Addr { return g.st.Network().Guest }
+
+func (g stackGuest) Addr6() netip.Addr { return g.st.Network().Guest6 }
 
 func (g stackGuest) DialTCP(ctx context.Context, src, dst netip.AddrPort) (stack.HalfConn, error) {
 	c, err := g.st.DialTCP(ctx, src, dst)
@@ -268,6 +272,18 @@ func (p *published) stop() {
 // address and port when the guest can answer it directly (same family, not
 // the host's loopback), else the zero AddrPort, the gateway, as libslirp
 // does.
+// dstFor is where a client's connection to a forward to dst goes: an IPv6
+// client of a forward to the guest's default address goes to the guest's
+// IPv6 address when it has one, so that it keeps its own source address.
+func (u *Userspace) dstFor(client, dst netip.AddrPort) netip.AddrPort {
+	if c := client.Addr(); c.Is6() && !c.Is4In6() && dst.Addr() == u.guest.Addr() {
+		if a6 := u.guest.Addr6(); a6.IsValid() {
+			return netip.AddrPortFrom(a6, dst.Port())
+		}
+	}
+	return dst
+}
+
 func peerFor(client netip.AddrPort, guest netip.Addr) netip.AddrPort {
 	a := client.Addr().Unmap()
 	if !a.IsValid() || a.IsLoopback() || a.IsUnspecified() || a.Is4() != guest.Unmap().Is4() {

@@ -22,6 +22,9 @@ type loopGuest struct{}
 
 func (loopGuest) Addr() netip.Addr { return netip.MustParseAddr("127.0.0.1") }
 
+// Addr6 is invalid: the stand-in guest has no IPv6 address.
+func (loopGuest) Addr6() netip.Addr { return netip.Addr{} }
+
 func (loopGuest) DialTCP(ctx context.Context, src, dst netip.AddrPort) (stack.HalfConn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp4", dst.String())

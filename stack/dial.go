@@ -11,6 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -57,19 +58,20 @@ func (c *UDPConn) Close() error {
 // ephemeral port. A refused connection (nothing listens on dst) fails
 // promptly.
 func (st *Stack) DialTCP(ctx context.Context, src, dst netip.AddrPort) (*TCPConn, error) {
-	src = st.sourceFor(src)
+	src = st.sourceFor(src, dst.Addr().Is6())
 	release, err := st.holdAddr(src.Addr())
 	if err != nil {
 		return nil, err
 	}
 	local := st.fullAddr(src)
 	remote := st.fullAddr(dst)
-	c, err := gonet.DialTCPWithBind(ctx, st.s, local, remote, ipv4.ProtocolNumber)
+	proto := protoOf(dst.Addr())
+	c, err := gonet.DialTCPWithBind(ctx, st.s, local, remote, proto)
 	if err != nil && src.Port() != 0 && isBindError(err) {
 		// The client's port is taken in the stack (e.g. TIME-WAIT of an
 		// earlier connection): keep the address, let the port go.
 		local.Port = 0
-		c, err = gonet.DialTCPWithBind(ctx, st.s, local, remote, ipv4.ProtocolNumber)
+		c, err = gonet.DialTCPWithBind(ctx, st.s, local, remote, proto)
 	}
 	if err != nil {
 		release()
@@ -81,17 +83,18 @@ func (st *Stack) DialTCP(ctx context.Context, src, dst netip.AddrPort) (*TCPConn
 // DialUDP opens a UDP socket connected to dst in the guest, from src as
 // DialTCP chooses it.
 func (st *Stack) DialUDP(src, dst netip.AddrPort) (*UDPConn, error) {
-	src = st.sourceFor(src)
+	src = st.sourceFor(src, dst.Addr().Is6())
 	release, err := st.holdAddr(src.Addr())
 	if err != nil {
 		return nil, err
 	}
 	local := st.fullAddr(src)
 	remote := st.fullAddr(dst)
-	c, err := gonet.DialUDP(st.s, &local, &remote, ipv4.ProtocolNumber)
+	proto := protoOf(dst.Addr())
+	c, err := gonet.DialUDP(st.s, &local, &remote, proto)
 	if err != nil && src.Port() != 0 {
 		local.Port = 0
-		c, err = gonet.DialUDP(st.s, &local, &remote, ipv4.ProtocolNumber)
+		c, err = gonet.DialUDP(st.s, &local, &remote, proto)
 	}
 	if err != nil {
 		release()
@@ -113,11 +116,19 @@ type HalfConn interface {
 func Proxy(ctx context.Context, a, b HalfConn) { proxyTCP(ctx, a, b) }
 
 // sourceFor returns the source address a connection into the guest uses:
-// src when it is a usable IPv4 address outside the virtual network, else
-// the gateway with an ephemeral port.
-func (st *Stack) sourceFor(src netip.AddrPort) netip.AddrPort {
+// src when it is a usable address of the destination's family outside the
+// virtual network, else the gateway (of that family) with an ephemeral
+// port.
+func (st *Stack) sourceFor(src netip.AddrPort, to6 bool) netip.AddrPort {
 	n := st.cfg.Network
 	a := src.Addr().Unmap()
+	if to6 {
+		if !a.IsValid() || !a.Is6() || a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() ||
+			a.IsLinkLocalUnicast() || n.Prefix6.Contains(a) {
+			return netip.AddrPortFrom(n.Gateway6, 0)
+		}
+		return netip.AddrPortFrom(a, src.Port())
+	}
 	if !a.IsValid() || !a.Is4() || a.IsLoopback() || a.IsUnspecified() || a.IsMulticast() ||
 		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || n.Prefix.Contains(a) {
 		return netip.AddrPortFrom(n.Gateway, 0)
@@ -125,9 +136,17 @@ func (st *Stack) sourceFor(src netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a, src.Port())
 }
 
+// protoOf is the network protocol of an address.
+func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Unmap().Is4() {
+		return ipv4.ProtocolNumber
+	}
+	return ipv6.ProtocolNumber
+}
+
 // fullAddr converts an address and port of the guest's network.
 func (st *Stack) fullAddr(ap netip.AddrPort) tcpip.FullAddress {
-	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(ap.Addr().Unmap().As4()), Port: ap.Port()}
+	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(ap.Addr().Unmap().AsSlice()), Port: ap.Port()}
 }
 
 // srcAddrs counts the connections using each client address added to the
@@ -158,7 +177,7 @@ var errStackClosed = errors.New("the network is shutting down")
 // already is; another address is added as a /32 on first use and removed
 // when its last user releases it.
 func (st *Stack) holdAddr(a netip.Addr) (release func(), err error) {
-	if a == st.cfg.Network.Gateway {
+	if a == st.cfg.Network.Gateway || (a.Is6() && a == st.cfg.Network.Gateway6) {
 		return func() {}, nil
 	}
 	if st.ctx.Err() != nil {
@@ -167,11 +186,11 @@ func (st *Stack) holdAddr(a netip.Addr) (release func(), err error) {
 	sa := st.srcAddrs()
 	sa.mu.Lock()
 	defer sa.mu.Unlock()
-	addr := tcpip.AddrFrom4(a.As4())
+	addr := tcpip.AddrFromSlice(a.AsSlice())
 	if sa.count[a] == 0 {
 		pa := tcpip.ProtocolAddress{
-			Protocol:          ipv4.ProtocolNumber,
-			AddressWithPrefix: tcpip.AddressWithPrefix{Address: addr, PrefixLen: 32},
+			Protocol:          protoOf(a),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: addr, PrefixLen: a.BitLen()},
 		}
 		if err := st.s.AddProtocolAddress(nicID, pa, stack.AddressProperties{PEB: stack.NeverPrimaryEndpoint}); err != nil {
 			return nil, fmt.Errorf("use source address %s: %s", a, err)
