@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,7 +44,102 @@ type env struct {
 
 	mu    sync.Mutex
 	procs []*proc
+	nets  []*bridgeNet   // `ferry net` networks not yet removed
+	rming sync.WaitGroup // removals under way, which cleanup waits for
 	done  bool
+}
+
+// bridgeNet is a `ferry net` network the bench created (as root, in the
+// host namespace) with a state dir of its own.
+type bridgeNet struct {
+	e        *env
+	name     string
+	stateDir string
+}
+
+// argv is `ferry net ARGS --state-dir DIR` run as root in the host
+// namespace.
+func (n *bridgeNet) argv(args ...string) []string {
+	return append(append([]string{"ip", "netns", "exec", n.e.ns, n.e.ferry, "net"}, args...), "--state-dir", n.stateDir)
+}
+
+// createBridge creates network name on bridgeSubnet in a fresh state dir.
+// It is removed by removeBridge, or by cleanup.
+func (e *env) createBridge(name, mtu string) (*bridgeNet, error) {
+	dir, err := os.MkdirTemp(e.stage, "netstate-")
+	if err != nil {
+		return nil, err
+	}
+	n := &bridgeNet{e: e, name: name, stateDir: dir}
+	e.mu.Lock()
+	if e.done {
+		e.mu.Unlock()
+		os.RemoveAll(dir)
+		return nil, errors.New("bench is shutting down")
+	}
+	e.nets = append(e.nets, n)
+	e.mu.Unlock()
+	if _, err := e.run("ferry net create", n.argv("create", "--subnet", bridgeSubnet, "--mtu", mtu, name), time.Minute); err != nil {
+		e.removeBridge(n)
+		return nil, err
+	}
+	return n, nil
+}
+
+// removeBridge removes n with `ferry net rm -f`, stops any DNS responder
+// of its state dir still running, and deletes the state dir. A network
+// that was never created is not an error.
+func (e *env) removeBridge(n *bridgeNet) {
+	e.mu.Lock()
+	i := slices.Index(e.nets, n)
+	if i >= 0 {
+		e.nets = slices.Delete(e.nets, i, i+1)
+		e.rming.Add(1)
+	}
+	e.mu.Unlock()
+	if i < 0 {
+		return
+	}
+	defer e.rming.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	argv := n.argv("rm", "-f", n.name)
+	if e.verbose {
+		fmt.Fprintf(os.Stderr, "bench: run %s\n", strings.Join(argv, " "))
+	}
+	if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil &&
+		!strings.Contains(string(out), "no such network") && !strings.Contains(string(out), "not found") {
+		fmt.Fprintf(os.Stderr, "bench: %s: %v: %s\n", strings.Join(argv, " "), err, out)
+	}
+	// The DNS responder is a detached child of `ferry net create`: should
+	// rm have left it, it is the process whose command line names this
+	// state dir.
+	for _, pid := range pidsWithArgs("serve-dns", n.stateDir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	os.RemoveAll(n.stateDir)
+}
+
+// pidsWithArgs lists the processes whose command line holds every one of
+// args as a whole argument.
+func pidsWithArgs(args ...string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + ent.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		have := strings.Split(string(b), "\x00")
+		if !slices.ContainsFunc(args, func(a string) bool { return !slices.Contains(have, a) }) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // proc is a process the bench started, killed with its descendants at
@@ -203,6 +299,13 @@ func (e *env) cleanup() {
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].kill()
 	}
+	e.mu.Lock()
+	nets := slices.Clone(e.nets)
+	e.mu.Unlock()
+	for _, n := range nets {
+		e.removeBridge(n) // before the host namespace holding it goes
+	}
+	e.rming.Wait()
 	for _, ns := range []string{e.ns, e.nsDead} {
 		if ns != "" {
 			if _, err := os.Stat("/run/netns/" + ns); err == nil {
@@ -270,7 +373,7 @@ func ppid(pid int) int {
 // Debian packages that provide the missing ones.
 func install(ctx context.Context) error {
 	need := map[string]string{"slirp4netns": "slirp4netns", "pasta": "passt", "iperf3": "iperf3",
-		"ip": "iproute2", "setpriv": "util-linux", "nsenter": "util-linux", "unshare": "util-linux"}
+		"ip": "iproute2", "iptables": "iptables", "setpriv": "util-linux", "nsenter": "util-linux", "unshare": "util-linux"}
 	var pkgs []string
 	seen := map[string]bool{}
 	for cmd, pkg := range need {

@@ -69,9 +69,15 @@ func (e *env) measureOnce(t tool, hostPort int, c config) (map[string]float64, [
 		fail("mtu", fmt.Errorf("guest interface MTU is %d, want %d", in.tapMTU, t.MTU))
 	}
 	time.Sleep(300 * time.Millisecond)
-	m[mRSSIdle] = rssMiB(in.helper.pid())
+	// hp is the helper's PID, 0 for bridge: it has no helper process, so
+	// no CPU or RSS of one.
+	hp := 0
+	if in.helper != nil {
+		hp = in.helper.pid()
+		m[mRSSIdle] = rssMiB(hp)
+	}
 
-	hostIperf, err := e.start("host iperf3", e.asUser("iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(hostIperfPort)), nil, nil, nil)
+	hostIperf, err := e.start("host iperf3", e.asUser("iperf3", "-s", "-B", in.listen, "-p", strconv.Itoa(hostIperfPort)), nil, nil, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -88,19 +94,24 @@ func (e *env) measureOnce(t tool, hostPort int, c config) (map[string]float64, [
 		return nil, nil, fmt.Errorf("guest iperf3: %w", err)
 	}
 	secs := strconv.Itoa(c.Secs)
-	hp := in.helper.pid()
 	if c.does("tcp") {
 		// TCP guest -> host loopback.
 		if gbps, cpu, err := e.iperfTCP(hp, e.inGuest(in.guest, "iperf3", "-c", in.gw, "-p", strconv.Itoa(hostIperfPort), "-t", secs, "-J"), c); err != nil {
 			fail("tcp out", err)
 		} else {
-			m[mTCPOut], m[mCPUOut] = gbps, cpu
+			m[mTCPOut] = gbps
+			if hp != 0 {
+				m[mCPUOut] = cpu
+			}
 		}
 		// TCP host -> guest through the published port.
 		if gbps, cpu, err := e.iperfTCP(hp, e.asUser("iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(hostPort), "-t", secs, "-J"), c); err != nil {
 			fail("tcp in", err)
 		} else {
-			m[mTCPIn], m[mCPUIn] = gbps, cpu
+			m[mTCPIn] = gbps
+			if hp != 0 {
+				m[mCPUIn] = cpu
+			}
 		}
 	}
 	if c.does("udp") {
@@ -113,7 +124,7 @@ func (e *env) measureOnce(t tool, hostPort int, c config) (map[string]float64, [
 			var recvMbps, loss, gb float64
 			if recvMbps, loss, gb, err = parseIperfUDP(out); err == nil {
 				m[mUDP], m[mUDPLoss] = recvMbps, loss
-				if gb > 0 {
+				if gb > 0 && hp != 0 {
 					m[mUDPCPU] = cpu / gb
 				}
 			}
@@ -144,7 +155,7 @@ func (e *env) measureOnce(t tool, hostPort int, c config) (map[string]float64, [
 			}
 		}
 	}
-	if !in.helper.alive() {
+	if in.helper != nil && !in.helper.alive() {
 		fail("helper", fmt.Errorf("exited during the run: %v; stderr: %q", in.helper.cmd.ProcessState, in.helper.stderrString()))
 	}
 	in.close()
@@ -159,7 +170,7 @@ func (e *env) measureOnce(t tool, hostPort int, c config) (map[string]float64, [
 		}
 		defer hold.close()
 		e.holdConns(hold, fmt.Sprintf("%s:%d", hold.gw, loadPort), c, m, fail)
-		if !hold.helper.alive() {
+		if hold.helper != nil && !hold.helper.alive() {
 			fail("helper", fmt.Errorf("exited while holding connections: %v; stderr: %q", hold.helper.cmd.ProcessState, hold.helper.stderrString()))
 		}
 	}
@@ -250,7 +261,10 @@ func (e *env) runJSON(name string, argv []string, timeout time.Duration, v any) 
 // helper's RSS while they are open, also per connection over its idle RSS.
 func (e *env) holdConns(in *instance, addr string, c config, m map[string]float64, fail func(string, error)) {
 	time.Sleep(300 * time.Millisecond)
-	idle := rssMiB(in.helper.pid())
+	idle := 0.0
+	if in.helper != nil {
+		idle = rssMiB(in.helper.pid())
+	}
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
 		fail("hold", err)
@@ -291,11 +305,14 @@ func (e *env) holdConns(in *instance, addr string, c config, m map[string]float6
 		fail("hold", fmt.Errorf("output %q: %w", line, err))
 		return
 	}
-	time.Sleep(time.Second)
-	rss := rssMiB(in.helper.pid())
-	m[mHeld], m[mRSSConns] = float64(r.Open), rss
-	if r.Open > 0 {
-		m[mRSSPerConn] = (rss - idle) * 1024 / float64(r.Open)
+	m[mHeld] = float64(r.Open)
+	if in.helper != nil {
+		time.Sleep(time.Second)
+		rss := rssMiB(in.helper.pid())
+		m[mRSSConns] = rss
+		if r.Open > 0 {
+			m[mRSSPerConn] = (rss - idle) * 1024 / float64(r.Open)
+		}
 	}
 	if r.Open < c.Conns {
 		fail("hold", fmt.Errorf("only %d of %d connections opened in %.1fs (%d failed attempts, first: %s)", r.Open, c.Conns, r.Seconds, r.Errors, r.Err))
@@ -328,8 +345,12 @@ func waitListening(p *proc, port int) error {
 }
 
 // cpuSeconds is the user+system CPU time of pid and its live descendants
-// (slirp4netns's helper children), from /proc/PID/stat.
+// (slirp4netns's helper children), from /proc/PID/stat; 0 for PID 0 (no
+// helper).
 func cpuSeconds(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
 	var ticks int64
 	for _, p := range append([]int{pid}, descendants(pid)...) {
 		f := statFields(p)
@@ -343,8 +364,12 @@ func cpuSeconds(pid int) float64 {
 	return float64(ticks) / 100 // USER_HZ
 }
 
-// rssMiB is the VmRSS of pid and its live descendants, in MiB.
+// rssMiB is the VmRSS of pid and its live descendants, in MiB; 0 for PID
+// 0 (no helper).
 func rssMiB(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
 	var kb int64
 	for _, p := range append([]int{pid}, descendants(pid)...) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))

@@ -120,7 +120,7 @@ func markdown(r *report) string {
 		"Cells are median (min–max); ratios are ferry's median over the peer's (↑: higher is better, ↓: lower is better).\n\n",
 		r.Config.Runs, r.Config.Secs, r.CPUs, r.Builds["kernel"], r.Config.UDPRate, r.Config.UDPLen, r.Config.CPSWorkers, r.Config.Conns)
 	b.WriteString("Builds:\n\n")
-	for _, k := range []string{"ferry", "slirp4netns", "pasta", "iperf3"} {
+	for _, k := range []string{"ferry", "slirp4netns", "pasta", "iptables", "iperf3"} {
 		if v, ok := r.Builds[k]; ok {
 			fmt.Fprintf(&b, "- %s\n", v)
 		}
@@ -184,7 +184,15 @@ func markdown(r *report) string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("Ready: ferry and slirp4netns from exec to the ready-fd; pasta from exec to its pid file (written once set up).\n")
+	b.WriteString("Ready: ferry and slirp4netns from exec to the ready-fd; pasta from exec to its pid file (written once set up)")
+	if slices.ContainsFunc(r.Tools, func(t tool) bool { return t.Kind == "bridge" }) {
+		b.WriteString("; bridge: the run of `ferry net connect` (veth, address, route, DNAT rules).\n\n" +
+			"bridge is the kernel reference, ferry's privileged path as root: `ferry net create --mtu MTU` (a Linux bridge, iptables NAT) and " +
+			"`ferry net connect -p 127.0.0.1:PORT:5201` (a veth into the guest). The guest reaches the host's servers on the bridge's gateway " +
+			"address rather than through NAT to the host's loopback; no helper process, hence no CPU or RSS rows.\n")
+	} else {
+		b.WriteString(".\n")
+	}
 	if len(r.Problems) > 0 {
 		b.WriteString("\nProblems:\n\n")
 		for _, p := range r.Problems {

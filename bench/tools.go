@@ -21,14 +21,19 @@ import (
 // tool is one helper configuration under test.
 type tool struct {
 	Name string `json:"name"` // e.g. ferry-65520
-	Kind string `json:"kind"` // ferry, slirp4netns or pasta
+	Kind string `json:"kind"` // ferry, slirp4netns, pasta or bridge
 	MTU  int    `json:"mtu"`
 }
+
+// bridge is the kernel reference: ferry's privileged path (`ferry net`, a
+// Linux bridge, a veth and iptables NAT, run as root), with no helper
+// process in the data path.
 
 var allTools = []tool{
 	{"ferry-65520", "ferry", 65520},
 	{"slirp4netns-65520", "slirp4netns", 65520},
 	{"pasta", "pasta", 65520},
+	{"bridge", "bridge", 65520},
 	{"ferry-1500", "ferry", 1500},
 	{"slirp4netns-1500", "slirp4netns", 1500},
 }
@@ -41,15 +46,24 @@ const (
 	guestPort     = 5201
 )
 
+// The bridge tool's network: its gateway is an address of the host
+// namespace, where the host's iperf3 and a load server listen for it.
+const (
+	bridgeSubnet = "10.77.0.0/24"
+	bridgeGW     = "10.77.0.1"
+)
+
 // instance is one guest with a helper attached.
 type instance struct {
 	e        *env
 	t        tool
 	guest    *proc
-	helper   *proc
+	helper   *proc   // nil for bridge: no process in the data path
 	others   []*proc // servers started for this instance
 	gw       string  // the guest's gateway, which reaches the host's loopback
-	hostPort int     // published to guest port 5201
+	listen   string  // the host address the host's servers listen on for this guest
+	net      *bridgeNet
+	hostPort int // published to guest port 5201
 	ready    time.Duration
 	tapMTU   int
 }
@@ -90,7 +104,7 @@ func (e *env) startInstance(t tool, hostPort int) (*instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &instance{e: e, t: t, guest: g, hostPort: hostPort, gw: "10.0.2.2"}
+	in := &instance{e: e, t: t, guest: g, hostPort: hostPort, gw: "10.0.2.2", listen: "127.0.0.1"}
 	gpid := strconv.Itoa(g.pid())
 	mtu := strconv.Itoa(t.MTU)
 	switch t.Kind {
@@ -106,6 +120,8 @@ func (e *env) startInstance(t tool, hostPort int) (*instance, error) {
 		}
 	case "pasta":
 		err = in.startPasta(gpid)
+	case "bridge":
+		err = in.startBridge(gpid, mtu)
 	default:
 		err = fmt.Errorf("unknown tool kind %q", t.Kind)
 	}
@@ -198,7 +214,35 @@ func (in *instance) guestMTU() (int, error) {
 	return 0, fmt.Errorf("no interface in the guest: %q", out)
 }
 
-// close kills the instance's servers, helper and guest.
+// startBridge connects the guest, as root in the host namespace, to a
+// fresh `ferry net` network with a state dir of its own, publishing
+// hostPort on 127.0.0.1 to the guest's port 5201, and starts a load server
+// on the gateway (the network reaches the host's addresses, not its
+// loopback). Ready is the time `ferry net connect` took.
+func (in *instance) startBridge(gpid, mtu string) error {
+	e := in.e
+	n, err := e.createBridge(fmt.Sprintf("fb%d", in.hostPort), mtu)
+	if err != nil {
+		return err
+	}
+	in.net = n
+	t0 := time.Now()
+	if _, err := e.run("ferry net connect", n.argv("connect", n.name, gpid,
+		"-p", fmt.Sprintf("127.0.0.1:%d:%d", in.hostPort, guestPort)), time.Minute); err != nil {
+		return err
+	}
+	in.ready = time.Since(t0)
+	in.gw, in.listen = bridgeGW, bridgeGW
+	load, err := e.start("bridge load server", e.asUser(e.self, "serve", "-addr", fmt.Sprintf("%s:%d", bridgeGW, loadPort)), nil, nil, nil)
+	if err != nil {
+		return err
+	}
+	in.others = append(in.others, load)
+	return waitListening(load, loadPort)
+}
+
+// close kills the instance's servers, helper and guest, and removes its
+// bridge network.
 func (in *instance) close() {
 	for _, p := range in.others {
 		p.kill()
@@ -207,6 +251,10 @@ func (in *instance) close() {
 		in.helper.stop(2 * time.Second)
 	}
 	in.guest.kill()
+	if in.net != nil {
+		in.e.removeBridge(in.net)
+		in.net = nil
+	}
 }
 
 // slirpAddHostfwd publishes hostPort on 127.0.0.1 through slirp4netns's API.
@@ -267,6 +315,9 @@ func builds(ferryPath string) map[string]string {
 		pasta = strings.SplitN(strings.TrimSpace(string(b)), "\n", 2)[0]
 	}
 	out["pasta"] = pasta + debVersion("passt")
+	if b, err := exec.Command("iptables", "--version").Output(); err == nil {
+		out["iptables"] = strings.TrimSpace(string(b)) + debVersion("iptables")
+	}
 	if b, err := exec.Command("iperf3", "--version").Output(); err == nil {
 		out["iperf3"] = strings.SplitN(strings.TrimSpace(string(b)), "\n", 2)[0]
 	}

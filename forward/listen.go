@@ -54,10 +54,17 @@ func listenError(proto portspec.Proto, addr netip.Addr, port uint16, err error) 
 	case errors.Is(err, syscall.EADDRINUSE):
 		return &inUseError{where: where, proto: proto}
 	case errors.Is(err, syscall.EACCES):
+		// EACCES on bind means a privileged port. Inside the sandbox /proc
+		// is gone (and ferry is root of the guest's user namespace, not
+		// the host's): fall back to the kernel's default.
 		start, ok := readUnprivilegedPortStart()
-		if ok && int(port) < start && os.Geteuid() != 0 {
-			return fmt.Errorf("cannot publish %s/%s: port %d is privileged: ports below %d need root; publish a higher port, or lower the sysctl net.ipv4.ip_unprivileged_port_start (now %d)",
-				where, proto, port, start, start)
+		now := fmt.Sprintf("now %d", start)
+		if !ok {
+			start, now = 1024, "1024 by default"
+		}
+		if int(port) < start {
+			return fmt.Errorf("cannot publish %s/%s: port %d is privileged: ports below %d need root; publish a higher port, or lower the sysctl net.ipv4.ip_unprivileged_port_start (%s)",
+				where, proto, port, start, now)
 		}
 		return fmt.Errorf("cannot publish %s/%s: %w", where, proto, err)
 	case errors.Is(err, syscall.EADDRNOTAVAIL):

@@ -14,7 +14,7 @@ import (
 // connect) or succeeded (disconnect, rm).
 func TestBridgeCrashSafety(t *testing.T) {
 	t.Parallel()
-	w := newBridgeWorld(t, 170*time.Second)
+	w := newBridgeWorld(t, 6*time.Minute)
 	c := w.container(t)
 	empty := w.snapshot(t)
 

@@ -13,7 +13,7 @@ import (
 // first network too.
 func TestBridgeNamesAndIsolation(t *testing.T) {
 	t.Parallel()
-	w := newBridgeWorld(t, 90*time.Second)
+	w := newBridgeWorld(t, 3*time.Minute)
 	w.mustFerryNet(t, "create", "front")
 	w.mustFerryNet(t, "create", "back")
 	a, b, c := w.container(t), w.container(t), w.container(t)
@@ -77,7 +77,7 @@ func TestBridgeNamesAndIsolation(t *testing.T) {
 // address (MASQUERADE); on an --internal network it does not.
 func TestBridgeOutbound(t *testing.T) {
 	t.Parallel()
-	w := newBridgeWorld(t, 60*time.Second)
+	w := newBridgeWorld(t, 2*time.Minute)
 	server, err := w.lab.NewNetns(w.ctx, "server")
 	if err != nil {
 		t.Fatal(err)

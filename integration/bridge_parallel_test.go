@@ -15,7 +15,7 @@ import (
 // namespaces that then go away release theirs on the next call.
 func TestBridgeParallelConnect(t *testing.T) {
 	t.Parallel()
-	w := newBridgeWorld(t, 90*time.Second)
+	w := newBridgeWorld(t, 3*time.Minute)
 	w.mustFerryNet(t, "create", "--subnet", "10.77.0.0/24", "many")
 	const n = 20
 	ctrs := make([]nstest.Netns, n)

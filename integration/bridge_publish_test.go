@@ -15,7 +15,7 @@ import (
 // namespace reaches its own published ports (hairpin).
 func TestBridgePublish(t *testing.T) {
 	t.Parallel()
-	w := newBridgeWorld(t, 60*time.Second)
+	w := newBridgeWorld(t, 2*time.Minute)
 	client, err := w.lab.NewNetns(w.ctx, "client")
 	if err != nil {
 		t.Fatal(err)

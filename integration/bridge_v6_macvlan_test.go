@@ -87,7 +87,7 @@ func mustRun(t *testing.T, ctx context.Context, args ...string) nstest.Result {
 // ferry's ip6tables chains go too, while an IPv4 network remains.
 func TestBridgeIPv6(t *testing.T) {
 	t.Parallel()
-	w := newDualWorld(t, 90*time.Second)
+	w := newDualWorld(t, 3*time.Minute)
 	before6 := w.snapshot6(t)
 	server, err := w.lab.NewNetns(w.ctx, "server")
 	if err != nil {
@@ -175,7 +175,7 @@ func TestBridgeIPv6(t *testing.T) {
 // the macvlans.
 func TestBridgeMacvlan(t *testing.T) {
 	t.Parallel()
-	w := newDualWorld(t, 90*time.Second)
+	w := newDualWorld(t, 3*time.Minute)
 	lan, err := w.lab.NewNetns(w.ctx, "lan")
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +256,7 @@ func TestBridgeMacvlan(t *testing.T) {
 // iptables and ip6tables, and the links.
 func TestBridgeCrashSafetyV6Macvlan(t *testing.T) {
 	t.Parallel()
-	w := newDualWorld(t, 170*time.Second)
+	w := newDualWorld(t, 6*time.Minute)
 	lan, err := w.lab.NewNetns(w.ctx, "lan")
 	if err != nil {
 		t.Fatal(err)

@@ -235,3 +235,18 @@ func TestRunErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestRunSeccomp checks that ferry run filters its own syscalls once the
+// command runs, unless --no-sandbox, and that the command is not filtered.
+func TestRunSeccomp(t *testing.T) {
+	w := newWorld(t, time.Minute)
+	script := `sleep 1; grep Seccomp: /proc/$PPID/status; grep Seccomp: /proc/self/status`
+	res := w.ferryRun(t, "--", "sh", "-c", script)
+	if res.ExitCode != 0 || !strings.HasPrefix(res.Stdout, "Seccomp:\t2\nSeccomp:\t0\n") {
+		t.Errorf("ferry run: want ferry filtered (2) and the command not (0), got %q", res.Stdout)
+	}
+	res = w.ferryRun(t, "--no-sandbox", "--", "sh", "-c", script)
+	if res.ExitCode != 0 || !strings.HasPrefix(res.Stdout, "Seccomp:\t0\nSeccomp:\t0\n") {
+		t.Errorf("ferry run --no-sandbox: want no filter anywhere, got %q", res.Stdout)
+	}
+}

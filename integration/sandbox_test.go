@@ -194,7 +194,7 @@ func TestSandboxAttach(t *testing.T) {
 func TestSandboxWithoutSeccomp(t *testing.T) {
 	w := newWorld(t, 2*time.Minute)
 	port, _ := serveHostPage(t, w)
-	r := startSandboxed(t, w, w.lab.Ferry, "attach", "-c", "-r", "3", "--enable-sandbox", strconv.Itoa(w.guest.PID))
+	r := startSandboxed(t, w, w.lab.Ferry, "attach", "-c", "-r", "3", "--enable-sandbox", "--enable-seccomp=false", strconv.Itoa(w.guest.PID))
 	checkConfined(t, r, false)
 	checkProbe(t, r.f.Stderr(), "ok")
 	w.mustInGuest(t, "curl", "-s", "--max-time", "10", fmt.Sprintf("http://10.0.2.2:%d/", port))

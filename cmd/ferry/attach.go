@@ -32,6 +32,8 @@ type attachFlags struct {
 	usernsPath string
 	sandbox    bool
 	seccomp    bool
+	noSandbox  bool
+	sandboxSet bool // --enable-sandbox given explicitly
 }
 
 func newAttachCommand(g *globalFlags) *cobra.Command {
@@ -62,6 +64,7 @@ ferry joins the user namespace that owns the network namespace (or
 			if err != nil {
 				return err
 			}
+			f.sandboxSet = cmd.Flags().Changed("enable-sandbox")
 			return runAttach(cmd.Context(), f, args, log)
 		},
 	}
@@ -75,6 +78,7 @@ ferry joins the user namespace that owns the network namespace (or
 	fl.StringVar(&f.usernsPath, "userns-path", "", "user namespace to join (default: the one owning the network namespace)")
 	fl.BoolVar(&f.sandbox, "enable-sandbox", false, "after setup, confine ferry (same PID): the target's user namespace, a mount namespace holding only /etc and /run, no capability but CAP_NET_BIND_SERVICE")
 	fl.BoolVar(&f.seccomp, "enable-seccomp", false, "after setup, refuse syscalls ferry does not need (namespaces, mounts, ptrace, keyrings, BPF, ...) on every thread with seccomp")
+	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "run without the sandbox and seccomp, whatever other flags say")
 	return cmd
 }
 
@@ -106,6 +110,12 @@ func parseAttach(f *attachFlags, args []string) (*attachConfig, error) {
 	nc, err := f.net.parse(tapName, f.configure)
 	if err != nil {
 		return nil, err
+	}
+	if f.noSandbox {
+		f.sandbox, f.seccomp = false, false
+	}
+	if f.net.pcap != "" && !f.sandboxSet {
+		f.sandbox = false // the default gives way to --pcap; seccomp stays
 	}
 	c := &attachConfig{net: nc, readyFD: f.readyFD, exitFD: f.exitFD, tapFD: -1, sandbox: f.sandbox, seccomp: f.seccomp}
 	if f.sandbox && f.net.pcap != "" {

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrynet/ferry/nsenter"
+	"github.com/ferrynet/ferry/sandbox"
 	"github.com/ferrynet/ferry/spawn"
 )
 
@@ -27,6 +28,7 @@ type runFlags struct {
 	dnsOptions []string
 	addHosts   []string
 	hostname   string
+	noSandbox  bool
 }
 
 func newRunCommand(g *globalFlags) *cobra.Command {
@@ -78,6 +80,7 @@ originals inside, and exit with CMD's status. Nothing is left behind.
 	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "search domain for the command's resolv.conf (repeatable)")
 	fl.StringArrayVar(&f.dnsOptions, "dns-option", nil, "resolver option for the command's resolv.conf, e.g. ndots:2 (repeatable)")
 	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:IP to the command's /etc/hosts; IP may be host-gateway (repeatable)")
+	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "do not install ferry's seccomp filter once the command runs (on by default)")
 	fl.StringVar(&f.hostname, "hostname", "", "the command's hostname (in its own UTS namespace)")
 	return cmd
 }
@@ -207,6 +210,13 @@ func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (
 	if err := child.Release(); err != nil {
 		child.Kill()
 		return 0, err
+	}
+	// The command runs; ferry now only relays traffic and signals: refuse
+	// it every syscall it no longer needs (the command is not affected).
+	if !f.noSandbox {
+		if err := sandbox.InstallSeccomp(); err != nil {
+			log.Warn("running without seccomp", "err", err)
+		}
 	}
 	done := make(chan struct{})
 	defer close(done)
