@@ -3,6 +3,7 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -423,4 +424,55 @@ func TestPublishIPv6SourceAddress(t *testing.T) {
 	if got := curl(t, w, client, "http://"+pubHostAddr+":8080/"); !strings.HasPrefix(got, pubClientAddr+":") {
 		t.Errorf("IPv4 client seen as %q, want its own address", got)
 	}
+}
+
+// TestPublishBulk moves 1 GiB each way through a published TCP port and
+// checks the SHA-256 on both ends.
+func TestPublishBulk(t *testing.T) {
+	w := newWorld(t, 6*time.Minute)
+	l, err := nstest.ListenIn(w.guest.NetnsPath, "tcp", "0.0.0.0:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	port := freeTCPPort(t)
+	w.attach(t, "-c", "-p", fmt.Sprintf("127.0.0.1:%d:80", port))
+	up, down := make(chan transfer, 1), make(chan transfer, 1)
+	go func() { // the guest's server: take 1 GiB, then send 1 GiB back
+		c, err := l.Accept()
+		if err != nil {
+			up <- transfer{err: err}
+			down <- transfer{err: err}
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		up <- hashAll(io.LimitReader(c, bulkSize))
+		down <- sendAll(c, bulkData(2))
+	}()
+	c, err := nstest.DialIn(w.ctx, w.host.Path, "tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	sent := sendAll(c, bulkData(1))
+	if got := <-up; sent.err != nil || got.err != nil || got.n != bulkSize || string(got.sum) != string(sent.sum) {
+		t.Fatalf("host -> guest: sent %d (%v), guest got %d (%v), sums equal %v", sent.n, sent.err, got.n, got.err, string(got.sum) == string(sent.sum))
+	}
+	recv := hashAll(io.LimitReader(c, bulkSize))
+	if back := <-down; back.err != nil || recv.err != nil || recv.n != bulkSize || string(recv.sum) != string(back.sum) {
+		t.Fatalf("guest -> host: guest sent %d (%v), host got %d (%v), sums equal %v", back.n, back.err, recv.n, recv.err, string(recv.sum) == string(back.sum))
+	}
+}
+
+// freeTCPPort returns a loopback port free right now.
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
