@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -87,4 +88,26 @@ func deadline(ctx context.Context) time.Time {
 		return d
 	}
 	return time.Now().Add(time.Minute)
+}
+
+// echoUDP serves a UDP echo on addr inside the namespace at nsPath until t
+// ends, and returns its socket.
+func echoUDP(t *testing.T, nsPath, addr string) net.PacketConn {
+	t.Helper()
+	pc, err := nstest.ListenPacketIn(nsPath, "udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return pc
 }

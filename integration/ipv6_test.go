@@ -25,21 +25,7 @@ func TestIPv6ToHostLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := nstest.ListenPacketIn(w.host.Path, "udp", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
+	pc := echoUDP(t, w.host.Path, "[::1]:0")
 	w.attach(t, "-c", "-6")
 
 	if addr := w.mustInGuest(t, "ip", "-6", "-o", "addr", "show", "tap0").Stdout; !strings.Contains(addr, "fd00::100/64") {

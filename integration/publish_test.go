@@ -236,21 +236,7 @@ func TestPublishRefusedThenListening(t *testing.T) {
 // concurrent clients, each of which must get only its own answers.
 func TestPublishUDPTwoClients(t *testing.T) {
 	w := newWorld(t, 2*time.Minute)
-	pc, err := nstest.ListenPacketIn(w.guest.NetnsPath, "udp", "0.0.0.0:5000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
+	echoUDP(t, w.guest.NetnsPath, "0.0.0.0:5000")
 	w.attach(t, "-c", "-p", "127.0.0.1:5000:5000/udp")
 	var wg sync.WaitGroup
 	for i := range 2 {

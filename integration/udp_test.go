@@ -32,21 +32,7 @@ func udpSizes(count int) []int {
 // that each comes back intact.
 func TestUDPEchoMixedSizes(t *testing.T) {
 	w := newWorld(t, 3*time.Minute)
-	pc, err := nstest.ListenPacketIn(w.host.Path, "udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
+	pc := echoUDP(t, w.host.Path, "127.0.0.1:0")
 	w.attach(t, "-c")
 
 	addr := fmt.Sprintf("10.0.2.2:%d", pc.LocalAddr().(*net.UDPAddr).Port)

@@ -76,7 +76,7 @@ func (st *Stack) runUDP(guest *gonet.UDPConn, target string, src netip.Addr, src
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	done := make(chan struct{}, 2)
-	relay := func(dst, src net.Conn) {
+	relay := func(dst, src net.Conn, moved *atomic.Uint64) {
 		defer func() { done <- struct{}{} }()
 		buf := make([]byte, maxDatagram)
 		// The deadline is moved once per idle period, not per datagram:
@@ -95,13 +95,15 @@ func (st *Stack) runUDP(guest *gonet.UDPConn, target string, src netip.Addr, src
 				return
 			}
 			last.Store(time.Now().UnixNano())
-			if _, err := dst.Write(buf[:n]); err != nil && !isTransient(err) {
+			w, err := dst.Write(buf[:n])
+			moved.Add(uint64(w))
+			if err != nil && !isTransient(err) {
 				return
 			}
 		}
 	}
-	go relay(countingConn{host, &st.counters.bytesOut}, guest)
-	go relay(countingConn{guest, &st.counters.bytesIn}, host)
+	go relay(host, guest, &st.counters.bytesOut)
+	go relay(guest, host, &st.counters.bytesIn)
 	<-done
 	guest.Close()
 	host.Close()
@@ -121,16 +123,4 @@ func isTransient(err error) bool {
 func addrOf(a tcpip.Address) netip.Addr {
 	ip, _ := netip.AddrFromSlice(a.AsSlice())
 	return ip
-}
-
-// countingConn counts the bytes written to a datagram connection.
-type countingConn struct {
-	net.Conn
-	n *atomic.Uint64
-}
-
-func (c countingConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	c.n.Add(uint64(n))
-	return n, err
 }
