@@ -1,6 +1,11 @@
 package bridge
 
-import "errors"
+import (
+	"errors"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
 
 // reconcile makes the kernel agree with the state before a call does its
 // own work. Every operation records its intent before touching the kernel,
@@ -69,6 +74,14 @@ func gone(n *Network, a *Attachment) bool {
 		}
 	}
 	id, err := netnsID(a.Netns)
+	if (err != nil || !isNetnsFile(a.Netns)) && !n.Macvlan() {
+		// The path names no namespace here. That is a dead namespace,
+		// or a live one pinned in a mount namespace this caller does not
+		// share (podman as root under `ip netns exec` leaves an empty
+		// file behind). The veth tells them apart: it dies with its
+		// namespace, a moment later.
+		return !vethOutlives(a.HostVeth, time.Second)
+	}
 	if err != nil || id != a.NetnsID {
 		return true
 	}
@@ -83,6 +96,28 @@ func gone(n *Network, a *Attachment) bool {
 		return err == nil && l == nil
 	}
 	return false
+}
+
+// isNetnsFile reports whether path is a namespace file (nsfs), as a
+// bind-mounted namespace or /proc/PID/ns/net is.
+func isNetnsFile(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
+}
+
+// vethOutlives reports whether the link name still exists after wait,
+// polling so that a veth whose namespace is being torn down is seen to go.
+func vethOutlives(name string, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		if ok, err := linkExists(name); err != nil || !ok {
+			return false
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // reconcileDNS stops responders of no network (or duplicates) and starts
