@@ -21,9 +21,14 @@ const probeThreads = 8
 // user keyring, process_vm_readv of its own memory) and one it denies
 // anyway (unshare), on several OS threads at once, and logs each thread's
 // outcome as "seccomp probe". Without the filter the first two succeed,
-// which is what makes the probe a proof. It is a testing aid and does
-// nothing unless asked.
-func Probe(log *slog.Logger) {
+// which is what makes the probe a proof. On the same threads it tries what
+// Landlock refuses and the mount namespace alone would not: listing the
+// root directory (landlock_root), and, with apiDir >= 0 (an fd of the API
+// socket's directory, outside the new root), opening that directory's
+// parent through it (landlock_escape, "-" without apiDir); and what
+// Landlock allows: listing /etc (landlock_etc). It is a testing aid and
+// does nothing unless asked.
+func Probe(log *slog.Logger, apiDir int) {
 	if os.Getenv(EnvProbe) != "1" {
 		return
 	}
@@ -40,10 +45,17 @@ func Probe(log *slog.Logger) {
 			defer runtime.UnlockOSThread()
 			start.Done()
 			start.Wait()
+			escape := "-"
+			if apiDir >= 0 {
+				escape = outcome(listDir(apiDir, ".."))
+			}
 			log.Warn("seccomp probe", "tid", unix.Gettid(),
 				"keyctl", outcome(keyctl()),
 				"process_vm_readv", outcome(vmRead()),
-				"unshare", outcome(unix.Unshare(unix.CLONE_NEWUTS)))
+				"unshare", outcome(unix.Unshare(unix.CLONE_NEWUTS)),
+				"landlock_root", outcome(listDir(unix.AT_FDCWD, "/")),
+				"landlock_escape", escape,
+				"landlock_etc", outcome(listDir(unix.AT_FDCWD, "/etc")))
 		}()
 	}
 	wg.Wait()
@@ -71,5 +83,18 @@ func vmRead() error {
 	remote := []unix.RemoteIovec{{Base: uintptr(unsafe.Pointer(&src[0])), Len: 8}}
 	_, err := unix.ProcessVMReadv(os.Getpid(), local, remote, 0)
 	runtime.KeepAlive(&src)
+	return err
+}
+
+// listDir opens path (relative to the directory open at dir) and reads
+// its entries.
+func listDir(dir int, path string) error {
+	fd, err := unix.Openat(dir, path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var buf [4096]byte
+	_, err = unix.Getdents(fd, buf[:])
 	return err
 }

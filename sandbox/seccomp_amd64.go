@@ -7,9 +7,10 @@ const auditArch = unix.AUDIT_ARCH_X86_64
 // syscallBitMask marks x32 syscalls, which the filter refuses.
 const syscallBitMask = 0x40000000
 
-// deniedArch are the amd64-only syscalls the filter refuses.
-var deniedArch = []uintptr{
-	unix.SYS_IOPL, unix.SYS_IOPERM, unix.SYS_USELIB, unix.SYS__SYSCTL,
-	unix.SYS_CREATE_MODULE, unix.SYS_GET_KERNEL_SYMS, unix.SYS_QUERY_MODULE,
-	unix.SYS_MODIFY_LDT,
+// allowedArch are the amd64-only syscalls the filter allows: the older
+// forms that arm64 never had, which glibc and Go still use here.
+var allowedArch = []uintptr{
+	unix.SYS_EPOLL_WAIT, unix.SYS_POLL, unix.SYS_SELECT, unix.SYS_PIPE, unix.SYS_DUP2, unix.SYS_OPEN,
+	unix.SYS_STAT, unix.SYS_LSTAT, unix.SYS_ACCESS, unix.SYS_READLINK, unix.SYS_UNLINK, unix.SYS_GETDENTS,
+	unix.SYS_ARCH_PRCTL, unix.SYS_TIME, unix.SYS_EPOLL_CREATE, unix.SYS_GETPGRP, unix.SYS_ALARM,
 }

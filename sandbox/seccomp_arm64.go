@@ -6,4 +6,5 @@ const auditArch = unix.AUDIT_ARCH_AARCH64
 
 const syscallBitMask = 0
 
-var deniedArch []uintptr
+// allowedArch are the arm64-only syscalls the filter allows.
+var allowedArch []uintptr

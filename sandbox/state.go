@@ -3,6 +3,7 @@ package sandbox
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/ferrynet/ferry/nsenter"
@@ -27,11 +28,18 @@ type State struct {
 	DNSUpstreams []string `json:"dns_upstreams,omitempty"`
 	// Seccomp says to install the seccomp filter.
 	Seccomp bool `json:"seccomp,omitempty"`
+	// Pcap is the absolute path of the --pcap file, which stage 1 created
+	// and the sandbox binds writable at that path.
+	Pcap string `json:"pcap,omitempty"`
+	// Strict says the sandbox was asked for explicitly: a failure to
+	// build it, or to install the filter, ends ferry instead of a warning.
+	Strict bool `json:"strict,omitempty"`
 }
 
 // Exec re-executes ferry in place into the sandbox; see
-// [nsenter.ExecSandboxed]. It returns only on failure.
-func Exec(st State, t nsenter.Target) error {
+// [nsenter.ExecSandboxed]. pcap, when not nil, is the open --pcap file at
+// st.Pcap. It returns only on failure.
+func Exec(st State, t nsenter.Target, pcap *os.File) error {
 	raw, err := json.Marshal(st)
 	if err != nil {
 		return fmt.Errorf("sandbox: encode state: %w", err)
@@ -46,7 +54,11 @@ func Exec(st State, t nsenter.Target) error {
 			keep = append(keep, fd)
 		}
 	}
-	return nsenter.ExecSandboxed(raw, userns, keep)
+	o := nsenter.SandboxOpts{Userns: userns, Keep: keep, RemoveDir: st.APIDirFD, Strict: st.Strict}
+	if pcap != nil {
+		o.Writable, o.WritablePath = pcap, st.Pcap
+	}
+	return nsenter.ExecSandboxed(raw, o)
 }
 
 var resumed = sync.OnceValues(func() (*State, error) {
@@ -64,3 +76,9 @@ var resumed = sync.OnceValues(func() (*State, error) {
 // Resumed returns the State when this process is the sandboxed stage 2,
 // and nil otherwise.
 func Resumed() (*State, error) { return resumed() }
+
+// Report says what confined this stage 2 (see [nsenter.SandboxReport]):
+// Failed is why the sandbox could not be built (ferry then runs without
+// it), LandlockABI the Landlock ABI applied (0: none, LandlockNote says
+// why).
+func Report() nsenter.Report { return nsenter.SandboxReport() }

@@ -33,7 +33,7 @@ type attachFlags struct {
 	sandbox    bool
 	seccomp    bool
 	noSandbox  bool
-	sandboxSet bool // --enable-sandbox given explicitly
+	explicit   bool // --enable-sandbox or --enable-seccomp given explicitly
 }
 
 func newAttachCommand(g *globalFlags) *cobra.Command {
@@ -47,7 +47,17 @@ tap0) inside it, and NAT its traffic through this process until the target
 process exits, --exit-fd hangs up, or ferry gets SIGTERM or SIGINT.
 
 ferry joins the user namespace that owns the network namespace (or
---userns-path), so it runs as the same unprivileged user as the container.`,
+--userns-path), so it runs as the same unprivileged user as the container.
+
+Once set up, ferry confines itself by default (same PID): it re-executes in
+place inside that user namespace with a private root holding only /etc and
+/run (and the --pcap file), drops every capability but
+CAP_NET_BIND_SERVICE, restricts the file system further with Landlock
+where the kernel offers it, and installs a seccomp filter on every thread.
+--no-sandbox turns all of it off. When the namespaces cannot be set up
+ferry says so in one warning line and serves without them (seccomp still
+applies); with --enable-sandbox or --enable-seccomp given explicitly a
+failure is an error instead.`,
 		Example: `  unshare -U -r -n sleep infinity &
   ferry attach -c $! tap0`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -64,7 +74,7 @@ ferry joins the user namespace that owns the network namespace (or
 			if err != nil {
 				return err
 			}
-			f.sandboxSet = cmd.Flags().Changed("enable-sandbox")
+			f.explicit = cmd.Flags().Changed("enable-sandbox") || cmd.Flags().Changed("enable-seccomp")
 			return runAttach(cmd.Context(), f, args, log)
 		},
 	}
@@ -76,9 +86,9 @@ ferry joins the user namespace that owns the network namespace (or
 	fl.IntVarP(&f.exitFD, "exit-fd", "e", -1, "exit when this fd hangs up or becomes readable")
 	fl.StringVar(&f.netnsType, "netns-type", "pid", "how to read the target: pid (a process ID) or path (a network namespace file)")
 	fl.StringVar(&f.usernsPath, "userns-path", "", "user namespace to join (default: the one owning the network namespace)")
-	fl.BoolVar(&f.sandbox, "enable-sandbox", false, "after setup, confine ferry (same PID): the target's user namespace, a mount namespace holding only /etc and /run, no capability but CAP_NET_BIND_SERVICE")
-	fl.BoolVar(&f.seccomp, "enable-seccomp", false, "after setup, refuse syscalls ferry does not need (namespaces, mounts, ptrace, keyrings, BPF, ...) on every thread with seccomp")
-	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "run without the sandbox and seccomp, whatever other flags say")
+	fl.BoolVar(&f.sandbox, "enable-sandbox", true, "after setup, confine ferry (same PID): the target's user namespace, a mount namespace holding only /etc and /run, no capability but CAP_NET_BIND_SERVICE, Landlock where offered")
+	fl.BoolVar(&f.seccomp, "enable-seccomp", true, "after setup, refuse syscalls ferry does not need on every thread with seccomp")
+	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "run without the sandbox, Landlock and seccomp, whatever other flags say")
 	return cmd
 }
 
@@ -94,8 +104,11 @@ type attachConfig struct {
 	banner func(*network)
 	// onEnd, when set, is told why ferry stops.
 	onEnd func(reason string)
-	// sandbox and seccomp are --enable-sandbox and --enable-seccomp.
-	sandbox, seccomp bool
+	// sandbox and seccomp are --enable-sandbox and --enable-seccomp;
+	// lenient says they are on by default rather than asked for, so that a
+	// failure to confine is a warning, not an error (slirp4netns mode,
+	// whose flags are always explicit, leaves it false).
+	sandbox, seccomp, lenient bool
 	// resumed is set when this process is the sandboxed re-execution
 	// (stage 2): what stage 1 set up, by fd.
 	resumed *sandbox.State
@@ -114,15 +127,8 @@ func parseAttach(f *attachFlags, args []string) (*attachConfig, error) {
 	if f.noSandbox {
 		f.sandbox, f.seccomp = false, false
 	}
-	if f.net.pcap != "" && !f.sandboxSet {
-		f.sandbox = false // the default gives way to --pcap; seccomp stays
-	}
-	c := &attachConfig{net: nc, readyFD: f.readyFD, exitFD: f.exitFD, tapFD: -1, sandbox: f.sandbox, seccomp: f.seccomp}
-	if f.sandbox && f.net.pcap != "" {
-		// The sandbox cannot open the file, and startNetworkOn takes only
-		// a path for now.
-		return nil, errors.New("--pcap cannot be combined with --enable-sandbox yet: leave one out")
-	}
+	c := &attachConfig{net: nc, readyFD: f.readyFD, exitFD: f.exitFD, tapFD: -1,
+		sandbox: f.sandbox, seccomp: f.seccomp, lenient: !f.explicit}
 	switch f.netnsType {
 	case "pid":
 		pid, err := strconv.Atoi(args[0])
@@ -197,10 +203,20 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	if st == nil && c.sandbox {
 		return enterSandbox(ctx, c, pf, log)
 	}
+	landlock := 0
+	if st != nil {
+		r := sandbox.Report()
+		if r.Failed != "" {
+			log.Warn("running without the sandbox: it could not be set up (--no-sandbox silences this)", "reason", r.Failed)
+		} else if r.LandlockABI == 0 {
+			log.Debug("running without Landlock", "reason", r.LandlockNote)
+		}
+		landlock = r.LandlockABI
+	}
 	if st != nil && st.Seccomp {
 		// First thing in stage 2: nothing from the guest is handled
 		// before the filter is on.
-		if err := sandbox.InstallSeccomp(); err != nil {
+		if err := installSeccomp(st.Strict, log); err != nil {
 			return err
 		}
 	}
@@ -211,6 +227,10 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 		nc := c.net
 		if len(st.DNSUpstreams) > 0 {
 			nc.stack.DNSUpstreams = st.DNSUpstreams
+		}
+		if st.Pcap != "" {
+			// The path stage 1 created; the sandbox binds it there.
+			nc.pcap = st.Pcap
 		}
 		n, err = startNetworkOn(os.NewFile(uintptr(st.TAPFD), "tap"), st.VNet, nc, log)
 	case c.tapFD >= 0:
@@ -226,7 +246,7 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	if st == nil && c.seccomp {
 		// Without the sandbox the filter goes on here, once the namespace
 		// helper (which needs setns) is done.
-		if err := sandbox.InstallSeccomp(); err != nil {
+		if err := installSeccomp(!c.lenient, log); err != nil {
 			return err
 		}
 	}
@@ -244,17 +264,25 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	defer pub.Close()
 	if st != nil && st.APIFD >= 0 {
 		plog := log.With("component", "publish")
-		api, err := sandbox.ServeAPI(st.APIFD, st.APIDirFD, st.APIName, forward.NewAPI(pub.pub, n.stack.Network().Guest, plog), plog)
+		h := forward.NewAPI(pub.pub, n.stack.Network().Guest, plog)
+		h.SetStats(func() any { return n.stack.Stats() })
+		api, err := sandbox.ServeAPI(st.APIFD, st.APIDirFD, st.APIName, h, plog)
 		if err != nil {
 			return err
 		}
 		defer api.Close()
 	}
-	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name, "sandbox", st != nil, "seccomp", c.seccomp)
+	sandboxed := st != nil && sandbox.Report().Failed == ""
+	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name, "sandbox", sandboxed,
+		"landlock", landlock, "seccomp", c.seccomp)
 	if c.banner != nil {
 		c.banner(n)
 	}
-	sandbox.Probe(log) // a test-only hook, off unless asked for
+	apiDir := -1
+	if st != nil {
+		apiDir = st.APIDirFD
+	}
+	sandbox.Probe(log, apiDir) // a test-only hook, off unless asked for
 	if c.readyFD >= 0 {
 		if err := signalReady(c.readyFD); err != nil {
 			return err
@@ -317,6 +345,18 @@ func waitForEnd(ctx context.Context, c *attachConfig, log *slog.Logger) string {
 	}
 }
 
+// installSeccomp installs the filter; when confinement is ferry's default
+// rather than asked for (strict), a kernel that refuses it earns a warning
+// instead of an error.
+func installSeccomp(strict bool, log *slog.Logger) error {
+	err := sandbox.InstallSeccomp()
+	if err != nil && !strict {
+		log.Warn("running without seccomp (--no-sandbox silences this)", "err", err)
+		return nil
+	}
+	return err
+}
+
 // signalReady writes "1" to the ready fd and closes it.
 func signalReady(fd int) error {
 	f := os.NewFile(uintptr(fd), "ready-fd")
@@ -333,7 +373,7 @@ func signalReady(fd int) error {
 // sandbox, which serves on the inherited fds (see package sandbox). It
 // returns only on failure, or when there is nothing left to serve.
 func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *slog.Logger) error {
-	st := sandbox.State{TAPFD: -1, APIFD: -1, APIDirFD: -1, PIDFD: -1, Seccomp: c.seccomp}
+	st := sandbox.State{TAPFD: -1, APIFD: -1, APIDirFD: -1, PIDFD: -1, Seccomp: c.seccomp, Strict: !c.lenient}
 	var closers []func()
 	defer func() { // only reached on failure
 		for _, f := range closers {
@@ -387,10 +427,25 @@ func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *s
 			st.DNSUpstreams = up
 		}
 	}
+	var pcap *os.File
+	if c.net.pcap != "" {
+		// Created here, with the caller's view and rights; the sandbox
+		// binds it writable at the same (absolute) path.
+		abs, err := filepath.Abs(c.net.pcap)
+		if err != nil {
+			return fmt.Errorf("--pcap: %w", err)
+		}
+		pcap, err = os.OpenFile(abs, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("--pcap: %w", err)
+		}
+		closers = append(closers, func() { pcap.Close() })
+		st.Pcap = abs
+	}
 	if ctx.Err() != nil {
 		log.Info("shutting down", "reason", "signal")
 		return nil
 	}
 	log.Debug("entering the sandbox", "seccomp", c.seccomp)
-	return sandbox.Exec(st, c.target)
+	return sandbox.Exec(st, c.target, pcap)
 }

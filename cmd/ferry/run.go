@@ -80,7 +80,7 @@ originals inside, and exit with CMD's status. Nothing is left behind.
 	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "search domain for the command's resolv.conf (repeatable)")
 	fl.StringArrayVar(&f.dnsOptions, "dns-option", nil, "resolver option for the command's resolv.conf, e.g. ndots:2 (repeatable)")
 	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:IP to the command's /etc/hosts; IP may be host-gateway (repeatable)")
-	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "do not install ferry's seccomp filter once the command runs (on by default)")
+	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "do not install ferry's seccomp allow-list once the command runs (on by default; the command is never filtered)")
 	fl.StringVar(&f.hostname, "hostname", "", "the command's hostname (in its own UTS namespace)")
 	return cmd
 }
