@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrynet/ferry/bridge"
 	"github.com/ferrynet/ferry/integration/nstest"
 )
 
@@ -59,7 +58,7 @@ func TestBridgeHiddenNamespace(t *testing.T) {
 		}
 	})
 	w.mustFerryNet(t, "connect", "hid", pin, "--name", "hidden")
-	veth := endpointOf(t, w.inspect(t, "hid"), pin).HostVeth
+	veth := endpoint(t, w.inspect(t, "hid"), nstest.Netns{Name: "hidden", Path: pin}).HostVeth
 	if veth == "" {
 		t.Fatal("inspect names no host interface")
 	}
@@ -91,18 +90,6 @@ func TestBridgeHiddenNamespace(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	w.mustFerryNet(t, "rm", "hid")
-}
-
-// endpointOf finds the attachment whose namespace path is path.
-func endpointOf(t *testing.T, v bridge.NetworkView, path string) bridge.EndpointView {
-	t.Helper()
-	for _, e := range v.Containers {
-		if e.Netns == path {
-			return e
-		}
-	}
-	t.Fatalf("%s is not in network %s: %+v", path, v.Name, v.Containers)
-	return bridge.EndpointView{}
 }
 
 // hostLinkExists reports whether the host namespace has a link named name.
