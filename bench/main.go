@@ -34,7 +34,7 @@ import (
 
 func main() {
 	if len(os.Args) > 1 {
-		sub := map[string]func([]string) error{"serve": serveMain, "rr": rrMain, "cps": cpsMain, "hold": holdMain}
+		sub := map[string]func([]string) error{"serve": serveMain, "rr": rrMain, "cps": cpsMain, "hold": holdMain, "flood": floodMain}
 		if f, ok := sub[os.Args[1]]; ok {
 			if err := f(os.Args[2:]); err != nil {
 				fmt.Fprintf(os.Stderr, "bench %s: %v\n", os.Args[1], err)
@@ -60,6 +60,7 @@ type report struct {
 	Summary  map[string]map[string]*stat `json:"summary"`
 	Ratios   map[string]float64          `json:"ratios"` // "FERRY/PEER metric": ferry's median over the peer's
 	Problems []string                    `json:"problems,omitempty"`
+	Flood    int                         `json:"flood_rate"` // the hostile row's -flood-rate
 }
 
 func benchMain() error {
@@ -73,7 +74,8 @@ func benchMain() error {
 	flag.IntVar(&c.CPSWorkers, "cps-workers", 4, "concurrent workers of the connection-rate test")
 	flag.IntVar(&c.HoldPar, "hold-par", 64, "connections the guest opens in parallel for the RSS measurement")
 	flag.IntVar(&c.HoldSecs, "hold-timeout", 15, "seconds the guest may take to open -conns connections")
-	flag.StringVar(&c.Measure, "measure", "", "comma-separated subset of tcp,udp,rr,cps,hold (default all)")
+	flag.StringVar(&c.Measure, "measure", "", "comma-separated subset of tcp,udp,rr,cps,hold,hostile,kernel (default all)")
+	flag.IntVar(&floodRate, "flood-rate", floodRate, "hostile row: SYNs and UDP datagrams a second, each, the guest floods with")
 	quick := flag.Bool("quick", false, "one short run of each (CI): -runs 1 -secs 1 -conns 2000 -hold-timeout 10 unless given")
 	toolList := flag.String("tools", "", "comma-separated subset of "+toolNames()+" (default all)")
 	outDir := flag.String("out", "bench/results", "directory for the JSON and markdown results")
@@ -130,7 +132,7 @@ func benchMain() error {
 	}
 
 	r := &report{Started: time.Now().Format(time.RFC3339), Quick: *quick, CPUs: runtime.NumCPU(), Config: c,
-		Builds: builds(*ferry), Tools: tools, Summary: map[string]map[string]*stat{}, Ratios: map[string]float64{}}
+		Builds: builds(*ferry), Tools: tools, Summary: map[string]map[string]*stat{}, Ratios: map[string]float64{}, Flood: floodRate}
 	server, err := e.start("load server", e.asUser(e.self, "serve", "-addr", fmt.Sprintf("127.0.0.1:%d", loadPort)), nil, nil, nil)
 	if err != nil {
 		return err
@@ -158,6 +160,12 @@ func benchMain() error {
 				fmt.Fprintf(os.Stderr, "bench: run %d/%d %-18s failed: %v\n", run, c.Runs, t.Name, err)
 				continue
 			}
+			if c.does("hostile") && t.Kind == "ferry" {
+				for _, p := range e.measureHostile(t, port+2000, c, m) {
+					r.Problems = append(r.Problems, fmt.Sprintf("%s run %d: %s", t.Name, run, p))
+				}
+			}
+			r.Problems = append(r.Problems, e.kernelModeRow(t, run, port+3000, c, m)...)
 			if values[t.Name] == nil {
 				values[t.Name] = map[string][]float64{}
 			}
@@ -184,6 +192,8 @@ func benchMain() error {
 			}
 		}
 	}
+	hostileRatios(r)
+	kernelRatios(r)
 	md := markdown(r)
 	fmt.Println(md)
 	fmt.Fprintf(os.Stderr, "bench: measured in %.0fs\n", time.Since(begin).Seconds())

@@ -30,6 +30,11 @@ var metrics = []metric{
 	{mRSSPerConn, "RSS per held connection over idle, KiB", false},
 	{mOpenConns, "time to open all N connections, s", false},
 	{mReady, "start to ready, ms", false},
+	{mTCPInKernel, "TCP host→guest, published port, kernel mode (guest sees 127.0.0.1), Gbit/s", true},
+	{mCPUInKernel, "CPU s per GB, TCP host→guest, kernel mode", false},
+	{mHostileQuiet, "hostile row: TCP guest→host alone, Gbit/s", true},
+	{mHostileFlood, "hostile row: the same under the guest's floods, Gbit/s", true},
+	{mHostileRSS, "hostile row: RSS after the floods, MiB", false},
 }
 
 // stat is one tool's spread of one metric over the runs.
@@ -192,6 +197,12 @@ func markdown(r *report) string {
 			"address rather than through NAT to the host's loopback; no helper process, hence no CPU or RSS rows.\n")
 	} else {
 		b.WriteString(".\n")
+	}
+	if k := kernelMarkdown(r); k != "" {
+		b.WriteString("\n" + k)
+	}
+	if h := hostileMarkdown(r); h != "" {
+		b.WriteString("\n" + h)
 	}
 	if len(r.Problems) > 0 {
 		b.WriteString("\nProblems:\n\n")

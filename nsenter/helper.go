@@ -154,6 +154,9 @@ func receiveTAP(sock *os.File) (*os.File, helperReply, error) {
 // MaybeRunHelper runs the TAP helper and exits if this process was started
 // as one by OpenTAP; otherwise it returns at once. Call it first in main.
 func MaybeRunHelper() {
+	if os.Getenv(envDialer) != "" {
+		runDialer() // the port helper of kernel mode (dialer.go); never returns
+	}
 	if os.Getenv(envReq) == "" {
 		return
 	}

@@ -233,6 +233,9 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 			nc.pcap = st.Pcap
 		}
 		n, err = startNetworkOn(os.NewFile(uintptr(st.TAPFD), "tap"), st.VNet, nc, log)
+		if err == nil && c.net.kernelPorts {
+			n.dialer, err = resumeDialer(n) // started by stage 1
+		}
 	case c.tapFD >= 0:
 		f := os.NewFile(uintptr(c.tapFD), "tap")
 		n, err = startNetworkOn(f, tap.HasVNetHeader(c.tapFD), c.net, log)
@@ -445,6 +448,18 @@ func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *s
 	if ctx.Err() != nil {
 		log.Info("shutting down", "reason", "signal")
 		return nil
+	}
+	if c.net.kernelPorts {
+		// The port helper joins the namespaces now, with the caller's
+		// rights; stage 2 inherits its socket.
+		d, err := nsenter.StartDialer(ctx, c.target)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() { d.Close() })
+		if err := d.KeepAcrossExec(); err != nil {
+			return err
+		}
 	}
 	log.Debug("entering the sandbox", "seccomp", c.seccomp)
 	return sandbox.Exec(st, c.target, pcap)

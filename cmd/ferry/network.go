@@ -36,6 +36,7 @@ type netFlags struct {
 	maxUDPFlows         int
 	maxSYNs             int
 	pcap                string
+	portDriver          string
 }
 
 // MTU bounds: IPv4's minimum, and the largest a TAP frame fits in 64 KiB.
@@ -61,6 +62,7 @@ func (f *netFlags) register(fl *pflag.FlagSet) {
 	fl.IntVar(&f.maxUDPFlows, "max-udp-flows", stack.DefaultMaxUDPFlows, "concurrent UDP flows; more are refused with ICMP port unreachable")
 	fl.IntVar(&f.maxSYNs, "max-syn-in-flight", stack.DefaultMaxInFlightSYNs, "connection attempts still being dialed; more SYNs are dropped")
 	fl.StringVar(&f.pcap, "pcap", "", "write the namespace's frames to FILE in pcap format")
+	fl.StringVar(&f.portDriver, "port-driver", "userspace", "how published ports reach the guest: userspace (through ferry's stack; the guest sees the caller's address) or kernel (the bytes stay in the kernel: a socket made inside the namespace, spliced to the host's, about half the CPU; the guest sees every connection from 127.0.0.1, so its server must listen on 127.0.0.1 or all addresses)")
 	fl.BoolVarP(&f.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: fd00::/64, gateway fd00::2 (the host's ::1), DNS fd00::3, Router Advertisements for SLAAC")
 }
 
@@ -69,6 +71,8 @@ type netConfig struct {
 	tap   tap.Config
 	stack stack.Config
 	pcap  string // file for --pcap
+	// kernelPorts is --port-driver=kernel.
+	kernelPorts bool
 }
 
 // parse validates the flags, without side effects.
@@ -79,6 +83,14 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 	prefix, err := stack.ParseCIDR(f.cidr)
 	if err != nil {
 		return netConfig{}, err
+	}
+	kernelPorts := false
+	switch f.portDriver {
+	case "", "userspace":
+	case "kernel":
+		kernelPorts = true
+	default:
+		return netConfig{}, fmt.Errorf("invalid --port-driver %q: use userspace or kernel", f.portDriver)
 	}
 	if f.udpIdleTimeout <= 0 {
 		return netConfig{}, fmt.Errorf("invalid --udp-idle-timeout %s: must be positive", f.udpIdleTimeout)
@@ -162,7 +174,8 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 			MaxUDPFlows:         f.maxUDPFlows,
 			MaxInFlightSYNs:     f.maxSYNs,
 		},
-		pcap: f.pcap,
+		pcap:        f.pcap,
+		kernelPorts: kernelPorts,
 	}
 	if f.enableIPv6 {
 		c.tap.Addr6, c.tap.Gateway6 = network.GuestPrefix6(), network.Gateway6
@@ -210,6 +223,9 @@ type network struct {
 	tapFile *os.File
 	stack   *stack.Stack
 	pcap    *os.File // nil without --pcap
+	// dialer opens sockets inside the namespace for --port-driver=kernel
+	// (nil otherwise).
+	dialer *nsenter.Dialer
 }
 
 // startNetwork creates the TAP in the target's namespace and runs the stack
@@ -222,7 +238,22 @@ func startNetwork(ctx context.Context, t nsenter.Target, c netConfig, log *slog.
 	if q.Fallback != "" {
 		log.Info("TAP offloads refused: using a plain TAP (slower)", "reason", q.Fallback)
 	}
-	return startNetworkOn(q.File, q.VNet, c, log)
+	var dialer *nsenter.Dialer
+	if c.kernelPorts {
+		if dialer, err = nsenter.StartDialer(ctx, t); err != nil {
+			q.Close()
+			return nil, err
+		}
+	}
+	n, err := startNetworkOn(q.File, q.VNet, c, log)
+	if err != nil {
+		if dialer != nil {
+			dialer.Close()
+		}
+		return nil, err
+	}
+	n.dialer = dialer
+	return n, nil
 }
 
 // startNetworkOn runs the stack on an open TAP, which it takes over; vnet
@@ -271,6 +302,9 @@ func startNetworkOn(tapFile *os.File, vnet bool, c netConfig, log *slog.Logger) 
 func (n *network) Close() {
 	n.stack.Close()
 	n.tapFile.Close()
+	if n.dialer != nil {
+		n.dialer.Close()
+	}
 	if n.pcap != nil {
 		n.pcap.Close()
 	}
@@ -281,4 +315,18 @@ func (n *network) Close() {
 func gatewayMAC(n stack.Network) net.HardwareAddr {
 	a := n.Gateway.As4()
 	return net.HardwareAddr{0x52, 0x55, a[0], a[1], a[2], a[3]}
+}
+
+// resumeDialer takes over the port helper that the sandbox's stage 1
+// started (--port-driver=kernel); on failure it closes n.
+func resumeDialer(n *network) (*nsenter.Dialer, error) {
+	d, err := nsenter.ResumeDialer()
+	if err == nil && d == nil {
+		err = errors.New("--port-driver=kernel: the port helper was not handed over to the sandbox")
+	}
+	if err != nil {
+		n.Close()
+		return nil, err
+	}
+	return d, nil
 }

@@ -38,7 +38,7 @@ func (f *publishFlags) parse() ([]portspec.Mapping, error) {
 
 // publishing is the published ports and API socket of one network.
 type publishing struct {
-	pub *forward.Userspace
+	pub forward.Publisher
 	api *forward.API
 }
 
@@ -50,6 +50,9 @@ func startPublishing(ctx context.Context, n *network, f *publishFlags, log *slog
 	}
 	log = log.With("component", "publish")
 	p := &publishing{pub: forward.NewUserspace(forward.StackGuest(n.stack), forward.Options{Logger: log})}
+	if n.dialer != nil { // --port-driver=kernel
+		p.pub = forward.NewKernel(n.dialer, n.stack.Network().Guest, forward.Options{Logger: log})
+	}
 	for _, m := range ms {
 		if _, err := p.pub.Add(ctx, forward.Spec{Mapping: m}); err != nil {
 			p.Close()
