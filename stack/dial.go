@@ -13,6 +13,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // Inbound connections: opened from ferry into the guest, for published
@@ -29,8 +31,14 @@ func (st *Stack) Network() Network { return st.cfg.Network }
 // source address.
 type TCPConn struct {
 	*gonet.TCPConn
+	wq      *waiter.Queue
+	ep      tcpip.Endpoint
 	release func()
 }
+
+// endpoint implements guestEndpoint: a published port's copy writes into
+// the endpoint straight from the client's socket.
+func (c *TCPConn) endpoint() (tcpip.Endpoint, *waiter.Queue) { return c.ep, c.wq }
 
 // Close closes the connection.
 func (c *TCPConn) Close() error {
@@ -66,18 +74,57 @@ func (st *Stack) DialTCP(ctx context.Context, src, dst netip.AddrPort) (*TCPConn
 	local := st.fullAddr(src)
 	remote := st.fullAddr(dst)
 	proto := protoOf(dst.Addr())
-	c, err := gonet.DialTCPWithBind(ctx, st.s, local, remote, proto)
+	c, err := st.dialTCP(ctx, local, remote, proto)
 	if err != nil && src.Port() != 0 && isBindError(err) {
 		// The client's port is taken in the stack (e.g. TIME-WAIT of an
 		// earlier connection): keep the address, let the port go.
 		local.Port = 0
-		c, err = gonet.DialTCPWithBind(ctx, st.s, local, remote, proto)
+		c, err = st.dialTCP(ctx, local, remote, proto)
 	}
 	if err != nil {
 		release()
 		return nil, err
 	}
-	return &TCPConn{TCPConn: c, release: sync.OnceFunc(release)}, nil
+	c.release = sync.OnceFunc(release)
+	return c, nil
+}
+
+// dialTCP connects an endpoint bound to local to remote. A bind error is
+// returned plain, a connection error as a *net.OpError (see isBindError).
+func (st *Stack) dialTCP(ctx context.Context, local, remote tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) (*TCPConn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	wq := new(waiter.Queue)
+	ep, tcpErr := st.s.NewEndpoint(tcp.ProtocolNumber, proto, wq)
+	if tcpErr != nil {
+		return nil, errors.New(tcpErr.String())
+	}
+	// Connect's outcome is signaled as writability (or an error, which
+	// makes the endpoint writable too).
+	entry, connected := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	if tcpErr := ep.Bind(local); tcpErr != nil {
+		ep.Close()
+		return nil, fmt.Errorf("bind %s:%d in the stack: %s", addrOf(local.Addr), local.Port, tcpErr)
+	}
+	tcpErr = ep.Connect(remote)
+	if _, ok := tcpErr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Close()
+			return nil, ctx.Err()
+		case <-connected:
+		}
+		tcpErr = ep.LastError()
+	}
+	if tcpErr != nil {
+		ep.Close()
+		return nil, &net.OpError{Op: "connect", Net: "tcp",
+			Addr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(addrOf(remote.Addr), remote.Port)), Err: errors.New(tcpErr.String())}
+	}
+	return &TCPConn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep}, nil
 }
 
 // DialUDP opens a UDP socket connected to dst in the guest, from src as

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -22,51 +23,95 @@ import (
 // handleTCP NATs one guest connection attempt: it dials the destination from
 // the host first and completes the guest's handshake only once that
 // succeeded, so a refused or unreachable destination gives the guest a RST.
+// Every refusal is counted under its own cause (see Stats) and logged, at
+// most every 10 s per cause, with its error.
 func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
+	guestAddr := netip.AddrPortFrom(addrOf(id.RemoteAddress), id.RemotePort)
 	dst, ok := st.hostAddr(id.LocalAddress)
 	if !ok {
-		r.Complete(true)
+		st.refuseTCP(r, DropNoDestination, "refused a guest connection to an address ferry never dials", nil,
+			"guest", guestAddr, "dst", addrOf(id.LocalAddress))
 		return
 	}
 	target := net.JoinHostPort(dst.String(), strconv.Itoa(int(id.LocalPort)))
-	log := st.log.With("proto", "tcp", "guest", netip.AddrPortFrom(addrOf(id.RemoteAddress), id.RemotePort), "dst", target)
 
 	st.flows.Add(1)
 	defer st.flows.Done()
 	defer st.recoverFlow()
 	if n := st.counters.tcpFlows.Add(1); n > int64(st.cfg.MaxTCPFlows) {
 		st.counters.tcpFlows.Add(-1)
-		if st.counters.drop(DropTCPLimit) {
-			log.Warn("TCP flow limit reached: refusing new connections (logged at most every 10s)", "limit", st.cfg.MaxTCPFlows)
-		}
-		r.Complete(true)
+		st.refuseTCP(r, DropTCPLimit, "TCP flow limit reached: refusing new connections", nil,
+			"guest", guestAddr, "dst", target, "limit", st.cfg.MaxTCPFlows)
 		return
 	}
 	defer st.counters.tcpFlows.Add(-1)
 	st.counters.started.Add(1)
 	host, err := st.dial(st.ctx, "tcp", target)
 	if err != nil {
-		st.counters.drop(DropDial)
-		log.Debug("dial failed", "err", err)
-		r.Complete(true)
+		st.refuseTCP(r, dialDropCause(err), "refused a guest connection: the host dial failed", err,
+			"guest", guestAddr, "dst", target)
 		return
 	}
 	var wq waiter.Queue
 	ep, tcpErr := r.CreateEndpoint(&wq)
 	if tcpErr != nil {
-		log.Debug("create endpoint", "err", tcpErr)
-		r.Complete(true)
 		host.Close()
+		st.refuseTCP(r, DropHandshake, "the guest's handshake with the stack failed", errors.New(tcpErr.String()),
+			"guest", guestAddr, "dst", target)
 		return
 	}
 	r.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
 	ep.SocketOptions().SetDelayOption(false) // no Nagle: the host side has none either
 	guest := guestConn{gonet.NewTCPConn(&wq, ep), &wq, ep}
-	log.Debug("flow open")
+	// No logger With per flow: under a SYN flood its formatting costs
+	// more than the refusal itself.
+	debug := st.log.Enabled(st.ctx, slog.LevelDebug)
+	if debug {
+		st.log.Debug("flow open", "proto", "tcp", "guest", guestAddr, "dst", target)
+	}
 	proxyTCP(st.ctx, countedConn{guest, &st.counters.bytesIn}, countedConn{host.(*net.TCPConn), &st.counters.bytesOut})
-	log.Debug("flow closed")
+	if debug {
+		st.log.Debug("flow closed", "proto", "tcp", "guest", guestAddr, "dst", target)
+	}
+}
+
+// refuseTCP answers a guest's connection attempt with a RST, counting it
+// under cause and logging it (with err, when not nil) at most every 10 s
+// per cause; every refusal is logged at debug level.
+func (st *Stack) refuseTCP(r *tcp.ForwarderRequest, cause, msg string, err error, attrs ...any) {
+	st.counters.refusals.Add(1)
+	r.Complete(true)
+	logNow := st.counters.drop(cause)
+	if !logNow && !st.log.Enabled(st.ctx, slog.LevelDebug) {
+		return
+	}
+	attrs = append(attrs, "cause", cause)
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	if logNow {
+		st.log.Info(msg+" (logged at most every 10s)", attrs...)
+	} else {
+		st.log.Debug(msg, attrs...)
+	}
+}
+
+// dialDropCause sorts a failed host dial into its drop cause.
+func dialDropCause(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return DropDialRefused
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return DropDialNoPort
+	case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTUNREACH):
+		return DropDialUnreachable
+	case errors.Is(err, syscall.ETIMEDOUT), errors.As(err, &ne) && ne.Timeout():
+		return DropDialTimeout
+	}
+	return DropDial
 }
 
 // countedConn counts the bytes written to a connection.
@@ -91,20 +136,33 @@ type guestConn struct {
 	ep tcpip.Endpoint
 }
 
+// endpoint implements guestEndpoint.
+func (g guestConn) endpoint() (tcpip.Endpoint, *waiter.Queue) { return g.ep, g.wq }
+
+// guestEndpoint is the stack's side of a flow, whose endpoint a host socket's
+// bytes are written into directly.
+type guestEndpoint interface {
+	endpoint() (tcpip.Endpoint, *waiter.Queue)
+}
+
 // waitReadable blocks until the endpoint has data, or has hung up or
 // failed (including when it is closed).
 func (g guestConn) waitReadable() error {
-	const mask = waiter.EventIn | waiter.EventHUp | waiter.EventErr
-	if g.ep.Readiness(mask) != 0 {
-		return nil
+	waitEndpoint(g.ep, g.wq, waiter.EventIn|waiter.EventHUp|waiter.EventErr)
+	return nil
+}
+
+// waitEndpoint blocks until ep is ready for one of the events in mask.
+func waitEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, mask waiter.EventMask) {
+	if ep.Readiness(mask) != 0 {
+		return
 	}
 	e, ch := waiter.NewChannelEntry(mask)
-	g.wq.EventRegister(&e)
-	defer g.wq.EventUnregister(&e)
-	if g.ep.Readiness(mask) == 0 {
+	wq.EventRegister(&e)
+	defer wq.EventUnregister(&e)
+	if ep.Readiness(mask) == 0 {
 		<-ch
 	}
-	return nil
 }
 
 // waitReadable blocks until src has something to read (data, EOF or an
@@ -175,7 +233,15 @@ func copyConn(dst io.Writer, src io.Reader) error {
 	if c, ok := src.(countedConn); ok {
 		src = c.halfCloser // counts what is written to it, not read
 	}
+	rawDst, counter := dst, (*atomic.Uint64)(nil)
+	if c, ok := dst.(countedConn); ok {
+		rawDst, counter = c.halfCloser, c.n
+	}
 	if c, ok := src.(*net.TCPConn); ok {
+		if g, ok := rawDst.(guestEndpoint); ok {
+			ep, wq := g.endpoint()
+			return copySocketToEndpoint(ep, wq, c, counter)
+		}
 		return copyFromSocket(dst, c)
 	}
 	for {
@@ -249,5 +315,153 @@ func copyFromSocket(dst io.Writer, src *net.TCPConn) error {
 		if werr != nil {
 			return werr
 		}
+	}
+}
+
+// copySocketToEndpoint is copyConn from a host socket into the stack: the
+// endpoint reads the socket itself into its send buffer (socketPayload), one
+// copy instead of two through a buffer of ours, and idle flows hold no
+// buffer. counter, when not nil, counts the bytes moved.
+func copySocketToEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, src *net.TCPConn, counter *atomic.Uint64) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var (
+		p    socketPayload
+		werr tcpip.Error
+		n    int64
+	)
+	write := func(fd uintptr) bool {
+		p.fd = int(fd)
+		if !p.ready() {
+			return false // park until readable
+		}
+		if p.eof || p.err != nil {
+			return true
+		}
+		n, werr = ep.Write(&p, tcpip.WriteOptions{})
+		p.drained = p.left == 0
+		return true
+	}
+	for {
+		werr, n = nil, 0
+		if err := rc.Read(write); err != nil {
+			return err
+		}
+		if counter != nil && n > 0 {
+			counter.Add(uint64(n))
+		}
+		switch {
+		case p.err != nil:
+			return &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", p.err)}
+		case p.eof:
+			return nil
+		case werr == nil:
+			continue
+		}
+		if _, ok := werr.(*tcpip.ErrWouldBlock); !ok {
+			return errors.New(werr.String())
+		}
+		// The send buffer is full: wait for room, a hang-up or an error.
+		waitEndpoint(ep, wq, waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
+	}
+}
+
+// socketPayload is a tcpip.Payloader reading a host socket: the bytes it
+// holds (FIONREAD), read straight into the endpoint's buffer.
+type socketPayload struct {
+	fd      int
+	left    int   // bytes known to be waiting in the socket
+	eof     bool  // the peer closed its side
+	err     error // the socket failed
+	drained bool  // the last write took every byte that waited
+}
+
+// ready reports whether the socket has something to act on (bytes, EOF or
+// an error), learning how many bytes wait.
+func (p *socketPayload) ready() bool {
+	if p.eof || p.err != nil {
+		return true
+	}
+	if p.drained {
+		// Most likely nothing more waits: one peek tells, and parks.
+		p.drained = false
+		var b [1]byte
+		m, _, err := unix.Recvfrom(p.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EAGAIN:
+			return false
+		case err == unix.EINTR: // count below
+		case err != nil:
+			p.err = err
+			return true
+		case m == 0:
+			p.eof = true
+			return true
+		}
+		// Bytes wait: count them.
+	}
+	for {
+		n, err := unix.IoctlGetInt(p.fd, unix.SIOCINQ)
+		if err == nil && n > 0 {
+			p.left = n
+			return true
+		}
+		if err != nil && err != unix.EINTR {
+			p.err = err
+			return true
+		}
+		if err == nil {
+			// Nothing waits: tell EOF and errors from an empty socket.
+			var b [1]byte
+			m, _, err := unix.Recvfrom(p.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch {
+			case err == unix.EAGAIN:
+				return false
+			case err == unix.EINTR:
+			case err != nil:
+				p.err = err
+				return true
+			case m == 0:
+				p.eof = true
+				return true
+			}
+			// Bytes arrived meanwhile: count them again.
+		}
+	}
+}
+
+// Len implements tcpip.Payloader.
+func (p *socketPayload) Len() int { return p.left }
+
+// Read implements io.Reader for the endpoint: at most the bytes known to
+// wait, so that it never blocks; io.EOF once they are read.
+func (p *socketPayload) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	if p.left <= 0 {
+		return 0, io.EOF
+	}
+	for {
+		n, err := unix.Read(p.fd, b[:min(len(b), p.left)])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			p.left = 0
+			return 0, io.EOF
+		case err != nil:
+			p.err = err
+			p.left = 0
+			return 0, err
+		case n == 0:
+			p.eof = true
+			p.left = 0
+			return 0, io.EOF
+		}
+		p.left -= n
+		return n, nil
 	}
 }

@@ -6,10 +6,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -45,26 +50,212 @@ func (st *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		return true
 	}
 	st.counters.started.Add(1)
-	guest := gonet.NewUDPConn(&wq, ep)
 	target := net.JoinHostPort(dst.String(), strconv.Itoa(int(id.LocalPort)))
 	st.goFlow(func() {
 		defer st.counters.udpFlows.Add(-1)
-		st.runUDP(guest, target, addrOf(id.RemoteAddress), id.RemotePort)
+		st.runUDP(&wq, ep, target, addrOf(id.RemoteAddress), id.RemotePort)
 	})
 	return true
 }
 
+// udpDatagrams lends the buffers a datagram is copied through.
+var udpDatagrams = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+
+// udpOut sends a flow's datagrams from the guest to its host socket. It
+// runs where the stack queues a datagram, in the TAP reader's goroutine,
+// so that a datagram costs no hand-off between goroutines: it never waits,
+// and a datagram the host socket cannot take at once is dropped, as a full
+// queue would drop it. With a udpBatch, the datagrams of one burst of
+// frames leave together, one sendmmsg per flow.
+type udpOut struct {
+	ep     tcpip.Endpoint
+	host   syscall.RawConn
+	last   *atomic.Int64
+	moved  *atomic.Uint64
+	fail   func()
+	batch  *udpBatch
+	failed atomic.Bool
+
+	pending [][]byte // datagrams in batch's arena; guarded by batch.mu
+
+	mu   sync.Mutex // guards send's vectors, reused
+	msgs []mmsghdr
+	iovs []unix.Iovec
+}
+
+// NotifyEvent implements waiter.EventListener: datagrams are queued.
+func (u *udpOut) NotifyEvent(waiter.EventMask) {
+	if u.batch != nil {
+		u.batch.add(u)
+		return
+	}
+	u.drain()
+}
+
+// drain sends every queued datagram at once.
+func (u *udpOut) drain() {
+	bp := udpDatagrams.Get().(*[]byte)
+	defer udpDatagrams.Put(bp)
+	for !u.failed.Load() {
+		w := tcpip.SliceWriter(*bp)
+		res, err := u.ep.Read(&w, tcpip.ReadOptions{})
+		if err != nil {
+			return // *tcpip.ErrWouldBlock: all sent; else closed
+		}
+		u.last.Store(time.Now().UnixNano())
+		u.send([][]byte{(*bp)[:res.Count]})
+	}
+}
+
+// send sends datagrams with one sendmmsg (more when the socket takes only
+// part), dropping what the socket refuses without waiting.
+func (u *udpOut) send(dgrams [][]byte) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for len(dgrams) > 0 && !u.failed.Load() {
+		u.msgs = u.msgs[:0]
+		u.iovs = u.iovs[:0]
+		for _, d := range dgrams {
+			u.iovs = append(u.iovs, unix.Iovec{Base: unsafe.SliceData(d)})
+			u.iovs[len(u.iovs)-1].SetLen(len(d))
+		}
+		for i := range dgrams {
+			var m mmsghdr
+			m.hdr.Iov = &u.iovs[i]
+			m.hdr.SetIovlen(1)
+			u.msgs = append(u.msgs, m)
+		}
+		var (
+			n    int
+			werr error
+		)
+		if err := u.host.Write(func(fd uintptr) bool {
+			for {
+				r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&u.msgs[0])), uintptr(len(u.msgs)), unix.MSG_DONTWAIT, 0, 0)
+				if e == unix.EINTR {
+					continue
+				}
+				n, werr = int(r), nil
+				if e != 0 {
+					n, werr = 0, e
+				}
+				return true
+			}
+		}); err != nil {
+			werr = err
+		}
+		runtime.KeepAlive(dgrams)
+		switch {
+		case werr == nil:
+			for _, d := range dgrams[:n] {
+				u.moved.Add(uint64(len(d)))
+			}
+			dgrams = dgrams[n:]
+		case werr == unix.EAGAIN || werr == unix.ENOBUFS:
+			return // the socket is full: drop the rest
+		case isTransient(werr):
+			dgrams = dgrams[1:] // an ICMP error for an earlier datagram
+		default:
+			u.failed.Store(true)
+			u.fail()
+			return
+		}
+	}
+}
+
+// mmsghdr is struct mmsghdr of sendmmsg(2).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [4]byte
+}
+
+// udpBatch gathers the guest's datagrams during one burst of frames from
+// the TAP (see tap's SetBurstHook) so that each flow sends its share with
+// one sendmmsg when the burst ends: a syscall, and a wake-up of the
+// receiver, for many datagrams.
+type udpBatch struct {
+	mu    sync.Mutex
+	arena []byte // datagrams of the burst, back to back
+	used  int
+	flows []*udpOut // those with pending datagrams
+}
+
+// udpArena is the size of a batch's arena: a burst's datagrams up to it are
+// sent together.
+const udpArena = 256 << 10
+
+// maxBatch bounds the datagrams of one flow in one sendmmsg.
+const maxBatch = 64
+
+func newUDPBatch() *udpBatch { return &udpBatch{arena: make([]byte, udpArena)} }
+
+// add moves u's queued datagrams into the batch.
+func (b *udpBatch) add(u *udpOut) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for !u.failed.Load() {
+		if len(b.arena)-b.used < maxDatagram {
+			b.flushLocked()
+		}
+		w := tcpip.SliceWriter(b.arena[b.used : b.used+maxDatagram])
+		res, err := u.ep.Read(&w, tcpip.ReadOptions{})
+		if err != nil {
+			return // *tcpip.ErrWouldBlock: all taken; else closed
+		}
+		u.last.Store(time.Now().UnixNano())
+		if len(u.pending) == 0 {
+			b.flows = append(b.flows, u)
+		}
+		u.pending = append(u.pending, b.arena[b.used:b.used+res.Count:b.used+res.Count])
+		b.used += res.Count
+		if len(u.pending) >= maxBatch {
+			u.send(u.pending)
+			clear(u.pending)
+			u.pending = u.pending[:0]
+			// u stays listed: flushLocked finds nothing pending.
+		}
+	}
+}
+
+// flush sends every pending datagram: the burst is over.
+func (b *udpBatch) flush() {
+	b.mu.Lock()
+	b.flushLocked()
+	b.mu.Unlock()
+}
+
+func (b *udpBatch) flushLocked() {
+	for i, u := range b.flows {
+		if len(u.pending) > 0 {
+			u.send(u.pending)
+			clear(u.pending)
+			u.pending = u.pending[:0]
+		}
+		b.flows[i] = nil
+	}
+	b.flows = b.flows[:0]
+	b.used = 0
+}
+
 // runUDP relays datagrams of one flow until it has been idle for the idle
-// timeout or the stack closes.
-func (st *Stack) runUDP(guest *gonet.UDPConn, target string, src netip.Addr, srcPort uint16) {
+// timeout or the stack closes: from the guest in the stack's goroutine (see
+// udpOut), to the guest in this one.
+func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, src netip.Addr, srcPort uint16) {
 	log := st.log.With("proto", "udp", "guest", netip.AddrPortFrom(src, srcPort), "dst", target)
+	guest := gonet.NewUDPConn(wq, ep)
 	defer guest.Close()
-	host, err := st.dial(st.ctx, "udp", target)
+	c, err := st.dial(st.ctx, "udp", target)
 	if err != nil {
 		log.Debug("dial failed", "err", err)
 		return
 	}
+	host := c.(*net.UDPConn)
 	defer host.Close()
+	rc, err := host.SyscallConn()
+	if err != nil {
+		return
+	}
 	log.Debug("flow open")
 	stop := context.AfterFunc(st.ctx, func() {
 		guest.Close()
@@ -75,39 +266,38 @@ func (st *Stack) runUDP(guest *gonet.UDPConn, target string, src netip.Addr, src
 	idle := st.cfg.UDPIdleTimeout
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
-	done := make(chan struct{}, 2)
-	relay := func(dst, src net.Conn, moved *atomic.Uint64) {
-		defer func() { done <- struct{}{} }()
-		buf := make([]byte, maxDatagram)
-		// The deadline is moved once per idle period, not per datagram:
-		// resetting a timer for every datagram costs more than the copy.
-		src.SetReadDeadline(time.Now().Add(idle))
-		for {
-			n, err := src.Read(buf)
-			if err != nil {
-				if lastActive := time.Unix(0, last.Load()); isTimeout(err) && time.Since(lastActive) < idle {
-					src.SetReadDeadline(lastActive.Add(idle)) // traffic since: not idle yet
-					continue
-				}
-				if isTransient(err) {
-					continue
-				}
-				return
+	out := &udpOut{ep: ep, host: rc, last: &last, moved: &st.counters.bytesOut, fail: func() { host.Close() }, batch: st.udpBatch}
+	entry := waiter.Entry{}
+	entry.Init(out, waiter.ReadableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry) // before the closes: no send runs after
+	out.drain()                      // what came before the entry
+
+	bp := udpDatagrams.Get().(*[]byte)
+	defer udpDatagrams.Put(bp)
+	buf := *bp
+	// The deadline is moved once per idle period, not per datagram:
+	// resetting a timer for every datagram costs more than the copy.
+	host.SetReadDeadline(time.Now().Add(idle))
+	for {
+		n, err := host.Read(buf)
+		if err != nil {
+			if lastActive := time.Unix(0, last.Load()); isTimeout(err) && time.Since(lastActive) < idle {
+				host.SetReadDeadline(lastActive.Add(idle)) // traffic since: not idle yet
+				continue
 			}
-			last.Store(time.Now().UnixNano())
-			w, err := dst.Write(buf[:n])
-			moved.Add(uint64(w))
-			if err != nil && !isTransient(err) {
-				return
+			if isTransient(err) {
+				continue
 			}
+			break
+		}
+		last.Store(time.Now().UnixNano())
+		w, err := guest.Write(buf[:n])
+		st.counters.bytesIn.Add(uint64(w))
+		if err != nil && !isTransient(err) {
+			break
 		}
 	}
-	go relay(host, guest, &st.counters.bytesOut)
-	go relay(guest, host, &st.counters.bytesIn)
-	<-done
-	guest.Close()
-	host.Close()
-	<-done
 	log.Debug("flow closed")
 }
 

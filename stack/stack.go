@@ -85,7 +85,12 @@ type Stack struct {
 	closeMu   sync.Once
 	counters  counters
 	hostAddrs map[netip.Addr]bool // for Fence.DenyHost
+	udpBatch  *udpBatch           // nil unless the link reports its bursts
 }
+
+// burstHooker is a link endpoint that reports the end of each burst of
+// frames it delivered (tap's endpoint does).
+type burstHooker interface{ SetBurstHook(func()) }
 
 // New builds the stack on cfg.Link and starts forwarding.
 func New(cfg Config) (*Stack, error) {
@@ -105,6 +110,7 @@ func New(cfg Config) (*Stack, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	link := cfg.Link // before any wrapper of the stack's own
 	opts := stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
@@ -124,6 +130,10 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.Fence.DenyHost {
 		st.hostAddrs = hostAddrs()
 	}
+	if h, ok := link.(burstHooker); ok {
+		st.udpBatch = newUDPBatch()
+		h.SetBurstHook(st.udpBatch.flush)
+	}
 	if err := st.setup(); err != nil {
 		st.Close()
 		return nil, err
@@ -136,7 +146,7 @@ func (st *Stack) setup() error {
 	if err := tuneTCP(s); err != nil {
 		return err
 	}
-	if err := s.CreateNICWithOptions(nicID, st.cfg.Link, stack.NICOptions{Name: "guest"}); err != nil {
+	if err := s.CreateNICWithOptions(nicID, newTimeWaitReuser(s, st.cfg.Link), stack.NICOptions{Name: "guest"}); err != nil {
 		return fmt.Errorf("create NIC: %s", err)
 	}
 	// Promiscuous with spoofing: every destination the guest sends to is

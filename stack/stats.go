@@ -11,11 +11,20 @@ const (
 	DropTCPLimit = "tcp-flow-limit" // a new TCP flow over MaxTCPFlows
 	DropUDPLimit = "udp-flow-limit" // a new UDP flow over MaxUDPFlows
 	DropDenied   = "denied"         // a destination fenced off (--deny, --deny-host, metadata)
-	DropDial     = "dial-failed"    // the destination refused or was unreachable
-	DropPanic    = "panic"          // a flow ended by a recovered panic
-	DropLoopback = "host-loopback"  // the gateway, with --disable-host-loopback
-	DropSYNFlood = "syn-in-flight"  // SYNs over the in-flight limit (counted by gVisor)
-	logEvery     = 10 * time.Second // how often a limit may be logged
+	DropDial     = "dial-failed"    // the host dial failed for another reason
+	// The host dial's common failures, counted apart: a guest connection
+	// refused for each of them gets a RST.
+	DropDialRefused     = "dial-refused"         // nothing listens at the destination (ECONNREFUSED)
+	DropDialTimeout     = "dial-timeout"         // the destination did not answer in time
+	DropDialUnreachable = "dial-unreachable"     // no route, host or network unreachable
+	DropDialNoPort      = "dial-no-local-port"   // the host is out of local ports (EADDRNOTAVAIL)
+	DropHandshake       = "tcp-handshake-failed" // the guest's handshake with the stack did not complete
+	DropNoDestination   = "no-destination"       // an address of the virtual network ferry never dials
+	DropStackReset      = "tcp-reset-by-stack"   // RSTs gVisor sent on its own, not for a refusal above
+	DropPanic           = "panic"                // a flow ended by a recovered panic
+	DropLoopback        = "host-loopback"        // the gateway, with --disable-host-loopback
+	DropSYNFlood        = "syn-in-flight"        // SYNs over the in-flight limit (counted by gVisor)
+	logEvery            = 10 * time.Second       // how often a limit may be logged
 )
 
 // Stats is a snapshot of what the stack has carried.
@@ -35,6 +44,7 @@ type counters struct {
 	bytesOut, bytesIn             atomic.Uint64
 	mu                            sync.Mutex
 	drops                         map[string]int64
+	refusals                      atomic.Int64 // RSTs handleTCP asked for
 	lastLog                       map[string]time.Time
 }
 
@@ -70,8 +80,15 @@ func (st *Stack) Stats() Stats {
 		s.Drops[k] = v
 	}
 	c.mu.Unlock()
-	if n := st.s.Stats().TCP.ForwardMaxInFlightDrop.Value(); n > 0 {
+	tcp := st.s.Stats().TCP
+	if n := tcp.ForwardMaxInFlightDrop.Value(); n > 0 {
 		s.Drops[DropSYNFlood] = int64(n)
+	}
+	// Every RST that is not one of ferry's refusals: the guest resetting
+	// or aborting flows, segments for no connection (e.g. one arriving as
+	// a TIME-WAIT endpoint goes away).
+	if n := int64(tcp.ResetsSent.Value()) - c.refusals.Load(); n > 0 {
+		s.Drops[DropStackReset] = n
 	}
 	return s
 }

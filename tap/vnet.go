@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -37,8 +40,10 @@ const (
 // vnetEndpoint is a gVisor link endpoint on a TAP opened with IFF_VNET_HDR
 // and TSO/checksum offloads: the guest kernel and ferry exchange 64 KiB TCP
 // segments and skip checksums both ways, which gVisor's fdbased endpoint
-// does only on sockets. One reader goroutine reads a frame per readv and
-// parks in poll(2) when the TAP is empty.
+// does only on sockets. One reader goroutine reads a frame per readv and,
+// when the TAP is empty, parks in Go's netpoller (or in poll(2) where the fd
+// cannot be polled): parked there it gives its thread straight to the
+// goroutines its frames woke, with no hand-off between threads.
 type vnetEndpoint struct {
 	fd     int
 	stopFD int // eventfd that wakes the reader to exit
@@ -47,9 +52,21 @@ type vnetEndpoint struct {
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
+	poller     *os.File // a dup of fd in Go's netpoller while the reader runs
+	burstDone  func()   // see SetBurstHook
 	wg         sync.WaitGroup
 	onClose    func()
 }
+
+// maxBurst bounds the frames delivered between two calls of the burst hook.
+const maxBurst = 64
+
+// SetBurstHook makes the reader call f, in its goroutine, after each burst
+// of frames it delivered: when the TAP is empty again, or every maxBurst
+// frames. Whoever the frames woke can gather work across a burst (one
+// sendmmsg for many datagrams) and finish it in f. Set it before the
+// endpoint is attached.
+func (e *vnetEndpoint) SetBurstHook(f func()) { e.burstDone = f }
 
 var _ stack.GSOEndpoint = (*vnetEndpoint)(nil)
 
@@ -121,18 +138,29 @@ func (e *vnetEndpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	if dispatcher == nil {
 		attached := e.dispatcher != nil
 		e.dispatcher = nil
+		poller := e.poller
+		e.poller = nil
 		e.mu.Unlock()
 		if attached {
-			unix.Write(e.stopFD, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+			if poller != nil {
+				poller.Close() // wakes the reader parked in the netpoller
+			} else {
+				unix.Write(e.stopFD, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+			}
 			e.wg.Wait()
 		}
 		return
 	}
 	if e.dispatcher == nil {
+		rc := e.openPoller()
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
-			e.readLoop(dispatcher)
+			if rc != nil {
+				e.pollLoop(dispatcher, rc)
+			} else {
+				e.readLoop(dispatcher)
+			}
 		}()
 	}
 	e.dispatcher = dispatcher
@@ -160,23 +188,139 @@ func (e *vnetEndpoint) Close() {
 // SetOnCloseAction implements stack.LinkEndpoint.
 func (e *vnetEndpoint) SetOnCloseAction(f func()) { e.onClose = f }
 
-// readLoop reads frames until the endpoint is detached or the TAP fails.
-func (e *vnetEndpoint) readLoop(d stack.NetworkDispatcher) {
-	var hdr [vnetHdrLen]byte
-	fds := []unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}, {Fd: int32(e.stopFD), Events: unix.POLLIN}}
-	var v *buffer.View // kept across empty reads
-	defer func() {
-		if v != nil {
-			v.Release()
+// openPoller registers a duplicate of the TAP fd with Go's netpoller and
+// returns its raw connection, or nil when the fd cannot be polled there.
+// Closing e.poller wakes and ends a reader parked on it; the TAP fd itself
+// stays open.
+func (e *vnetEndpoint) openPoller() syscall.RawConn {
+	dup, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	f := os.NewFile(uintptr(dup), "tap") // nonblocking: polled
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	// A file the poller refused is read once per Read without waiting:
+	// tell it apart by a deadline, which only polled files take.
+	if f.SetReadDeadline(time.Time{}) != nil {
+		f.Close()
+		return nil
+	}
+	e.poller = f
+	return rc
+}
+
+// frameReader reads frames from the TAP into pooled chunks.
+type frameReader struct {
+	hdr [vnetHdrLen]byte
+	iov [2][]byte
+	v   *buffer.View // kept across empty reads
+}
+
+func (r *frameReader) release() {
+	if r.v != nil {
+		r.v.Release()
+		r.v = nil
+	}
+}
+
+// read reads one frame from fd: the frame, or nil with the read's error
+// (nil for a runt, which is skipped).
+func (r *frameReader) read(fd int) (*buffer.View, error) {
+	if r.v == nil {
+		r.v = buffer.NewViewSize(maxFrame)
+	}
+	r.iov[0], r.iov[1] = r.hdr[:], r.v.AsSlice()
+	n, err := unix.Readv(fd, r.iov[:])
+	if err != nil {
+		return nil, err
+	}
+	if n <= vnetHdrLen+header.EthernetMinimumSize {
+		return nil, nil
+	}
+	if n-vnetHdrLen <= smallFrame {
+		// A small frame (an ACK, a datagram) gets a chunk of its own
+		// size and the big one is read into again: gVisor clears every
+		// chunk it hands out, and clones a frame's chunk when a
+		// forwarder shares it, so a 64 KiB chunk per small frame costs
+		// far more than this copy.
+		return buffer.NewViewWithData(r.v.AsSlice()[:n-vnetHdrLen]), nil
+	}
+	frame := r.v
+	frame.CapLength(n - vnetHdrLen)
+	r.v = nil
+	return frame, nil
+}
+
+// deliver hands one frame to the stack, in the calling goroutine.
+func deliver(d stack.NetworkDispatcher, frame *buffer.View) {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(frame)})
+	eth, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	if ok {
+		d.DeliverNetworkPacket(header.Ethernet(eth).Type(), pkt)
+	}
+	pkt.DecRef()
+}
+
+// pollLoop reads frames until the endpoint is detached (rc's file closed)
+// or the TAP fails, parking in the netpoller while the TAP is empty.
+func (e *vnetEndpoint) pollLoop(d stack.NetworkDispatcher, rc syscall.RawConn) {
+	var r frameReader
+	defer r.release()
+	var (
+		frame *buffer.View
+		rerr  error
+		burst int // frames delivered since the burst hook last ran
+	)
+	hook := e.burstDone
+	read := func(fd uintptr) bool {
+		for {
+			frame, rerr = r.read(int(fd))
+			switch rerr {
+			case unix.EAGAIN:
+				if burst > 0 && hook != nil {
+					hook() // the burst is over
+					burst = 0
+				}
+				return false // park until readable
+			case unix.EINTR:
+				continue
+			}
+			return true
 		}
-	}()
+	}
 	for {
-		if v == nil {
-			v = buffer.NewViewSize(maxFrame)
+		if err := rc.Read(read); err != nil || rerr != nil {
+			return
 		}
-		n, err := unix.Readv(e.fd, [][]byte{hdr[:], v.AsSlice()})
+		if frame != nil {
+			deliver(d, frame)
+			frame = nil
+			if burst++; burst >= maxBurst && hook != nil {
+				hook()
+				burst = 0
+			}
+		}
+	}
+}
+
+// readLoop is pollLoop for a TAP fd Go cannot poll: it parks in poll(2).
+func (e *vnetEndpoint) readLoop(d stack.NetworkDispatcher) {
+	fds := []unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}, {Fd: int32(e.stopFD), Events: unix.POLLIN}}
+	var r frameReader
+	defer r.release()
+	burst := 0
+	for {
+		frame, err := r.read(e.fd)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
+			if burst > 0 && e.burstDone != nil {
+				e.burstDone()
+			}
+			burst = 0
 			if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
 				return
 			}
@@ -189,27 +333,13 @@ func (e *vnetEndpoint) readLoop(d stack.NetworkDispatcher) {
 		case err != nil:
 			return
 		}
-		if n <= vnetHdrLen+header.EthernetMinimumSize {
-			continue
+		if frame != nil {
+			deliver(d, frame)
+			if burst++; burst >= maxBurst && e.burstDone != nil {
+				e.burstDone()
+				burst = 0
+			}
 		}
-		var frame *buffer.View
-		if n-vnetHdrLen <= smallFrame {
-			// A small frame (an ACK, a datagram) gets a chunk of its own
-			// size and the big one is read into again: gVisor clears every
-			// chunk it hands out, and clones a frame's chunk when a
-			// forwarder shares it, so a 64 KiB chunk per small frame costs
-			// far more than this copy.
-			frame = buffer.NewViewWithData(v.AsSlice()[:n-vnetHdrLen])
-		} else {
-			v.CapLength(n - vnetHdrLen)
-			frame, v = v, nil
-		}
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(frame)})
-		eth, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
-		if ok {
-			d.DeliverNetworkPacket(header.Ethernet(eth).Type(), pkt)
-		}
-		pkt.DecRef()
 	}
 }
 

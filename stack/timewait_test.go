@@ -1,0 +1,141 @@
+package stack
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// TestSYNOnTimeWaitTuple plays a guest that opens a connection to the
+// host's loopback through the gateway, lets the server close first (so the
+// stack keeps TIME-WAIT), then opens a new connection on the same 4-tuple at
+// once, as a busy guest reusing its source port does: the new SYN must be
+// answered with a SYN-ACK at once, neither dropped (the guest would wait a
+// second to retry) nor reset.
+func TestSYNOnTimeWaitTuple(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close() // the server closes first
+		}
+	}()
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+
+	ep := channel.New(256, 1500, "\x52\x55\x0a\x00\x02\x02")
+	st, err := New(Config{Link: ep, Network: NewNetwork(netip.MustParsePrefix(DefaultCIDR))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	g := &tcpGuest{t: t, ep: ep, srcPort: 40000, dstPort: port}
+
+	for round, iss := range []uint32{1000, 900_000} {
+		g.send(header.TCPFlagSyn, iss, 0)
+		synAck := g.recv(time.Second)
+		if synAck == nil {
+			t.Fatalf("round %d: no answer to the SYN within a second", round)
+		}
+		if f := synAck.Flags(); f != header.TCPFlagSyn|header.TCPFlagAck || synAck.AckNumber() != iss+1 {
+			t.Fatalf("round %d: answer to the SYN: flags %v ack %d, want SYN-ACK ack %d", round, f, synAck.AckNumber(), iss+1)
+		}
+		irs := synAck.SequenceNumber()
+		g.send(header.TCPFlagAck, iss+1, irs+1)
+		// The server closes; the stack passes its FIN on.
+		fin := g.recv(5 * time.Second)
+		if fin == nil || !fin.Flags().Contains(header.TCPFlagFin) {
+			t.Fatalf("round %d: no FIN after the server closed: %v", round, fin)
+		}
+		g.send(header.TCPFlagFin|header.TCPFlagAck, iss+1, irs+2)
+		if ack := g.recv(time.Second); ack == nil || ack.Flags() != header.TCPFlagAck || ack.AckNumber() != iss+2 {
+			t.Fatalf("round %d: no last ACK: %v", round, ack)
+		}
+		// The stack now holds the tuple in TIME-WAIT; the next round
+		// opens it again at once.
+	}
+	if n := st.Stats().Drops[DropStackReset]; n != 0 {
+		t.Errorf("the stack sent %d RSTs", n)
+	}
+}
+
+// tcpGuest writes a guest's TCP segments from 10.0.2.100 to the gateway
+// into a stack's link, and reads the stack's.
+type tcpGuest struct {
+	t                *testing.T
+	ep               *channel.Endpoint
+	srcPort, dstPort uint16
+}
+
+var (
+	guestIP   = tcpip.AddrFrom4([4]byte{10, 0, 2, 100})
+	gatewayIP = tcpip.AddrFrom4([4]byte{10, 0, 2, 2})
+)
+
+func (g *tcpGuest) send(flags header.TCPFlags, seq, ack uint32) {
+	b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)),
+		TTL:         64,
+		Protocol:    uint8(header.TCPProtocolNumber),
+		SrcAddr:     guestIP,
+		DstAddr:     gatewayIP,
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	tcp := header.TCP(b[header.IPv4MinimumSize:])
+	tcp.Encode(&header.TCPFields{
+		SrcPort:    g.srcPort,
+		DstPort:    g.dstPort,
+		SeqNum:     seq,
+		AckNum:     ack,
+		DataOffset: header.TCPMinimumSize,
+		Flags:      flags,
+		WindowSize: 65535,
+	})
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, guestIP, gatewayIP, header.TCPMinimumSize)
+	tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
+	g.ep.InjectInbound(header.IPv4ProtocolNumber, pkt)
+	pkt.DecRef()
+}
+
+// recv returns the next TCP segment the stack sends to the guest within
+// timeout, or nil.
+func (g *tcpGuest) recv(timeout time.Duration) header.TCP {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		pkt := g.ep.ReadContext(ctx)
+		if pkt == nil {
+			return nil
+		}
+		v := stack.PayloadSince(pkt.NetworkHeader())
+		b := append([]byte(nil), v.AsSlice()...)
+		v.Release()
+		pkt.DecRef()
+		ip := header.IPv4(b)
+		if len(b) < header.IPv4MinimumSize || ip.Protocol() != uint8(header.TCPProtocolNumber) {
+			continue
+		}
+		tcp := header.TCP(b[ip.HeaderLength():])
+		if tcp.DestinationPort() != g.srcPort {
+			continue
+		}
+		return tcp
+	}
+}
