@@ -35,15 +35,17 @@ integration:
 soak:
 	FERRY_SOAK=1 $(GO) test -count=1 -timeout 90m -v -run '^TestChurn$$' ./integration/
 
-FUZZTIME ?= 10s
+# A count, not a duration: a -fuzztime duration can fail a clean run with
+# "context deadline exceeded" (golang/go#75804, fixed in Go 1.27).
+FUZZTIME ?= 50000x
 fuzz:
-	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseCIDR$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseUpstream$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./stack -run '^$$' -fuzz '^FuzzUpstreamsFromResolvConf$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseDHCP$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./portspec -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./stack -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./forward -run '^$$' -fuzz '^FuzzAPIHandle$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseCIDR$$' -fuzztime $(FUZZTIME) -timeout 5m
+	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseUpstream$$' -fuzztime $(FUZZTIME) -timeout 5m
+	$(GO) test ./stack -run '^$$' -fuzz '^FuzzUpstreamsFromResolvConf$$' -fuzztime $(FUZZTIME) -timeout 5m
+	$(GO) test ./stack -run '^$$' -fuzz '^FuzzParseDHCP$$' -fuzztime $(FUZZTIME) -timeout 5m
+	$(GO) test ./portspec -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -timeout 5m
+	$(GO) test ./stack -run '^$$' -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) -timeout 5m
+	$(GO) test ./forward -run '^$$' -fuzz '^FuzzAPIHandle$$' -fuzztime $(FUZZTIME) -timeout 5m
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }

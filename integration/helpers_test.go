@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -110,4 +112,29 @@ func echoUDP(t *testing.T, nsPath, addr string) net.PacketConn {
 		}
 	}()
 	return pc
+}
+
+// apiSocketPath returns a path for ferry's API socket in a fresh directory
+// the test user may write, removed when t ends.
+func apiSocketPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ferry-api-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	return filepath.Join(dir, "api.sock")
+}
+
+// ferryStats runs `ferry stats --api sock` as the test user in the host
+// namespace and returns its JSON.
+func (w *world) ferryStats(t *testing.T, sock string) string {
+	t.Helper()
+	res, err := nstest.MustExec(w.ctx, "ip", "netns", "exec", w.host.Name, "setpriv", "--reuid="+strconv.Itoa(w.lab.User.UID),
+		"--regid="+strconv.Itoa(w.lab.User.GID), "--init-groups", w.lab.Ferry, "stats", "--api", sock)
+	if err != nil {
+		t.Fatalf("ferry stats: %v", err)
+	}
+	return res.Stdout
 }

@@ -35,17 +35,26 @@ func (st *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if !ok {
 		return true // dropped silently: broadcast, multicast and the like
 	}
+	if n := st.counters.udpUnanswered.Add(1); n > int64(st.cfg.MaxUnansweredUDP) {
+		st.counters.udpUnanswered.Add(-1)
+		if st.counters.drop(DropUDPUnanswered) {
+			st.log.Warn("too many UDP flows without an answer: refusing new flows (logged at most every 10s)", "limit", st.cfg.MaxUnansweredUDP)
+		}
+		return false // gVisor answers ICMP port unreachable
+	}
 	if n := st.counters.udpFlows.Add(1); n > int64(st.cfg.MaxUDPFlows) {
 		st.counters.udpFlows.Add(-1)
+		st.counters.udpUnanswered.Add(-1)
 		if st.counters.drop(DropUDPLimit) {
 			st.log.Warn("UDP flow limit reached: refusing new flows (logged at most every 10s)", "limit", st.cfg.MaxUDPFlows)
 		}
-		return false // gVisor answers ICMP port unreachable
+		return false
 	}
 	var wq waiter.Queue
 	ep, err := r.CreateEndpoint(&wq)
 	if err != nil {
 		st.counters.udpFlows.Add(-1)
+		st.counters.udpUnanswered.Add(-1)
 		st.log.Debug("udp: create endpoint", "err", err)
 		return true
 	}
@@ -242,6 +251,14 @@ func (b *udpBatch) flushLocked() {
 // timeout or the stack closes: from the guest in the stack's goroutine (see
 // udpOut), to the guest in this one.
 func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, src netip.Addr, srcPort uint16) {
+	// The flow counts as unanswered (handleUDP) until the destination's
+	// first datagram; until then it expires sooner.
+	answered := false
+	defer func() {
+		if !answered {
+			st.counters.udpUnanswered.Add(-1)
+		}
+	}()
 	log := st.log.With("proto", "udp", "guest", netip.AddrPortFrom(src, srcPort), "dst", target)
 	guest := gonet.NewUDPConn(wq, ep)
 	defer guest.Close()
@@ -263,7 +280,7 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, src 
 	})
 	defer stop()
 
-	idle := st.cfg.UDPIdleTimeout
+	idle := min(st.cfg.UDPIdleTimeout, unansweredUDPTimeout)
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	out := &udpOut{ep: ep, host: rc, last: &last, moved: &st.counters.bytesOut, fail: func() { host.Close() }, batch: st.udpBatch}
@@ -292,6 +309,12 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, src 
 			break
 		}
 		last.Store(time.Now().UnixNano())
+		if !answered {
+			answered = true
+			st.counters.udpUnanswered.Add(-1)
+			idle = st.cfg.UDPIdleTimeout
+			host.SetReadDeadline(time.Now().Add(idle))
+		}
 		w, err := guest.Write(buf[:n])
 		st.counters.bytesIn.Add(uint64(w))
 		if err != nil && !isTransient(err) {

@@ -37,6 +37,14 @@ const (
 	DefaultMaxTCPFlows     = 65536
 	DefaultMaxUDPFlows     = 16384
 	DefaultMaxInFlightSYNs = 1024
+	// DefaultMaxUnansweredUDP bounds UDP flows whose destination has not
+	// answered yet, as MaxInFlightSYNs bounds connection attempts: a guest
+	// spraying datagrams at random addresses fills this, not the flow
+	// table, and a flow that hears back no longer counts.
+	DefaultMaxUnansweredUDP = 1024
+	// unansweredUDPTimeout expires a flow that has never heard back sooner
+	// than UDPIdleTimeout, as conntrack does an unreplied UDP entry.
+	unansweredUDPTimeout = 30 * time.Second
 )
 
 // Config configures a Stack.
@@ -65,6 +73,10 @@ type Config struct {
 	// defaults); a flow over the limit is refused, flows already open are
 	// untouched. MaxInFlightSYNs bounds connection attempts still dialing.
 	MaxTCPFlows, MaxUDPFlows, MaxInFlightSYNs int
+	// MaxUnansweredUDP bounds UDP flows that have not yet received a
+	// datagram from their destination (zero means the default); a new
+	// flow over it is refused with ICMP port unreachable.
+	MaxUnansweredUDP int
 	// Logger receives the stack's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -99,6 +111,9 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.MaxTCPFlows <= 0 {
 		cfg.MaxTCPFlows = DefaultMaxTCPFlows
+	}
+	if cfg.MaxUnansweredUDP <= 0 {
+		cfg.MaxUnansweredUDP = DefaultMaxUnansweredUDP
 	}
 	if cfg.MaxUDPFlows <= 0 {
 		cfg.MaxUDPFlows = DefaultMaxUDPFlows

@@ -10,8 +10,10 @@ import (
 const (
 	DropTCPLimit = "tcp-flow-limit" // a new TCP flow over MaxTCPFlows
 	DropUDPLimit = "udp-flow-limit" // a new UDP flow over MaxUDPFlows
-	DropDenied   = "denied"         // a destination fenced off (--deny, --deny-host, metadata)
-	DropDial     = "dial-failed"    // the host dial failed for another reason
+	// DropUDPUnanswered: a new UDP flow over MaxUnansweredUDP.
+	DropUDPUnanswered = "udp-unanswered-limit"
+	DropDenied        = "denied"      // a destination fenced off (--deny, --deny-host, metadata)
+	DropDial          = "dial-failed" // the host dial failed for another reason
 	// The host dial's common failures, counted apart: a guest connection
 	// refused for each of them gets a RST.
 	DropDialRefused     = "dial-refused"         // nothing listens at the destination (ECONNREFUSED)
@@ -40,6 +42,7 @@ type Stats struct {
 // counters are the live values behind Stats.
 type counters struct {
 	tcpFlows, udpFlows, icmpFlows atomic.Int64
+	udpUnanswered                 atomic.Int64 // UDP flows not yet answered
 	started                       atomic.Int64 // flows ever opened
 	bytesOut, bytesIn             atomic.Uint64
 	mu                            sync.Mutex

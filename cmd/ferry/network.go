@@ -35,6 +35,7 @@ type netFlags struct {
 	maxTCPFlows         int
 	maxUDPFlows         int
 	maxSYNs             int
+	maxUDPUnanswered    int
 	pcap                string
 	portDriver          string
 }
@@ -61,6 +62,7 @@ func (f *netFlags) register(fl *pflag.FlagSet) {
 	fl.IntVar(&f.maxTCPFlows, "max-tcp-flows", stack.DefaultMaxTCPFlows, "concurrent TCP flows; more are refused with a reset")
 	fl.IntVar(&f.maxUDPFlows, "max-udp-flows", stack.DefaultMaxUDPFlows, "concurrent UDP flows; more are refused with ICMP port unreachable")
 	fl.IntVar(&f.maxSYNs, "max-syn-in-flight", stack.DefaultMaxInFlightSYNs, "connection attempts still being dialed; more SYNs are dropped")
+	fl.IntVar(&f.maxUDPUnanswered, "max-udp-unanswered", stack.DefaultMaxUnansweredUDP, "UDP flows whose destination has not answered yet (a flood of datagrams to random addresses fills this, not --max-udp-flows); more are refused with ICMP port unreachable")
 	fl.StringVar(&f.pcap, "pcap", "", "write the namespace's frames to FILE in pcap format")
 	fl.StringVar(&f.portDriver, "port-driver", "userspace", "how published ports reach the guest: userspace (through ferry's stack; the guest sees the caller's address) or kernel (the bytes stay in the kernel: a socket made inside the namespace, spliced to the host's, about half the CPU; the guest sees every connection from 127.0.0.1, so its server must listen on 127.0.0.1 or all addresses)")
 	fl.BoolVarP(&f.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: fd00::/64, gateway fd00::2 (the host's ::1), DNS fd00::3, Router Advertisements for SLAAC")
@@ -135,7 +137,7 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 	for _, l := range []struct {
 		flag string
 		v    int
-	}{{"--max-tcp-flows", f.maxTCPFlows}, {"--max-udp-flows", f.maxUDPFlows}, {"--max-syn-in-flight", f.maxSYNs}} {
+	}{{"--max-tcp-flows", f.maxTCPFlows}, {"--max-udp-flows", f.maxUDPFlows}, {"--max-syn-in-flight", f.maxSYNs}, {"--max-udp-unanswered", f.maxUDPUnanswered}} {
 		if l.v < 1 {
 			return netConfig{}, fmt.Errorf("invalid %s %d: must be at least 1", l.flag, l.v)
 		}
@@ -173,6 +175,7 @@ func (f *netFlags) parse(tapName string, configure bool) (netConfig, error) {
 			MaxTCPFlows:         f.maxTCPFlows,
 			MaxUDPFlows:         f.maxUDPFlows,
 			MaxInFlightSYNs:     f.maxSYNs,
+			MaxUnansweredUDP:    f.maxUDPUnanswered,
 		},
 		pcap:        f.pcap,
 		kernelPorts: kernelPorts,

@@ -217,6 +217,7 @@ func (o *slirpOptions) config(args []string, stderr io.Writer) (c *attachConfig,
 		maxTCPFlows:         stack.DefaultMaxTCPFlows,
 		maxUDPFlows:         stack.DefaultMaxUDPFlows,
 		maxSYNs:             stack.DefaultMaxInFlightSYNs,
+		maxUDPUnanswered:    stack.DefaultMaxUnansweredUDP,
 	}
 	configure := o.configure && o.netnsType != "tapfd"
 	nc, err := nf.parse(tapName, configure)
