@@ -40,8 +40,11 @@ const (
 	// DefaultMaxUnansweredUDP bounds UDP flows whose destination has not
 	// answered yet, as MaxInFlightSYNs bounds connection attempts: a guest
 	// spraying datagrams at random addresses fills this, not the flow
-	// table, and a flow that hears back no longer counts.
-	DefaultMaxUnansweredUDP = 1024
+	// table, and a flow that hears back no longer counts. Kept small
+	// because each such flow's destination becomes an address of the
+	// stack, and gVisor scans them all for every datagram to an address
+	// it does not hold (the flood's).
+	DefaultMaxUnansweredUDP = 256
 	// unansweredUDPTimeout expires a flow that has never heard back sooner
 	// than UDPIdleTimeout, as conntrack does an unreplied UDP entry.
 	unansweredUDPTimeout = 30 * time.Second
