@@ -116,14 +116,8 @@ func TestFlowLimitAndStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	serveEcho(t, l)
-	dir, err := os.MkdirTemp("", "ferry-stats-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o777)
-	sock := filepath.Join(dir, "api.sock")
-	pcap := filepath.Join(dir, "guest.pcap")
+	sock := apiSocketPath(t)
+	pcap := filepath.Join(filepath.Dir(sock), "guest.pcap")
 	w.attach(t, "-c", "--max-tcp-flows", "3", "--api-socket", sock, "--pcap", pcap)
 	addr := fmt.Sprintf("10.0.2.2:%d", l.Addr().(*net.TCPAddr).Port)
 
@@ -145,12 +139,7 @@ func TestFlowLimitAndStats(t *testing.T) {
 			t.Errorf("open connection %d disturbed: %v", i, err)
 		}
 	}
-	out, err := nstest.MustExec(w.ctx, "ip", "netns", "exec", w.host.Name, "setpriv", "--reuid="+fmt.Sprint(w.lab.User.UID),
-		"--regid="+fmt.Sprint(w.lab.User.GID), "--init-groups", w.lab.Ferry, "stats", "--api", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := out.Stdout
+	res := w.ferryStats(t, sock)
 	var st struct {
 		TCPFlows int64            `json:"tcp_flows"`
 		Drops    map[string]int64 `json:"drops"`

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -127,13 +126,7 @@ func TestChurn(t *testing.T) {
 			}()
 		}
 	}()
-	dir, err := os.MkdirTemp("", "ferry-churn-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o777)
-	sock := filepath.Join(dir, "api.sock")
+	sock := apiSocketPath(t)
 	flags := []string{"-c", "--api-socket", sock}
 	if p := os.Getenv("FERRY_CHURN_PCAP"); p != "" { // when chasing a failure
 		flags = append(flags, "--pcap", p)
