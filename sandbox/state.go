@@ -16,6 +16,10 @@ type State struct {
 	// headers.
 	TAPFD int  `json:"tap_fd"`
 	VNet  bool `json:"vnet,omitempty"`
+	// TAPHelper, when set (TAPFD is then -1), is a TAP helper stage 1
+	// started without waiting for it (see [nsenter.PendingTAP.KeepAcrossExec]):
+	// stage 2 receives the TAP from it with [nsenter.ResumeTAP].
+	TAPHelper string `json:"tap_helper,omitempty"`
 	// APIFD is the bound, listening API socket, or -1; APIDirFD (an O_PATH
 	// fd of its directory) and APIName let stage 2 remove it at exit, when
 	// its path may not exist in the sandbox.

@@ -203,6 +203,13 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	if st == nil && c.sandbox {
 		return enterSandbox(ctx, c, pf, log)
 	}
+	if st != nil && st.TAPHelper != "" {
+		// Before anything is logged: an error from the helper is then
+		// ferry's only line, as when stage 1 waited for it.
+		if err := pickUpTAP(ctx, st, log); err != nil {
+			return err
+		}
+	}
 	landlock := 0
 	if st != nil {
 		r := sandbox.Report()
@@ -378,6 +385,7 @@ func signalReady(fd int) error {
 func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *slog.Logger) error {
 	st := sandbox.State{TAPFD: -1, APIFD: -1, APIDirFD: -1, PIDFD: -1, Seccomp: c.seccomp, Strict: !c.lenient}
 	var closers []func()
+	var tapHelper *nsenter.PendingTAP
 	defer func() { // only reached on failure
 		for _, f := range closers {
 			f()
@@ -401,15 +409,15 @@ func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *s
 	if c.tapFD >= 0 {
 		st.TAPFD, st.VNet = c.tapFD, tap.HasVNetHeader(c.tapFD)
 	} else {
-		q, err := nsenter.OpenTAP(ctx, c.target, c.net.tap)
+		// Started, not waited for: the helper creates the TAP while this
+		// image goes on and the sandboxed one starts; stage 2 receives
+		// the TAP (pickUpTAP).
+		p, err := nsenter.StartTAP(c.target, c.net.tap)
 		if err != nil {
 			return err
 		}
-		closers = append(closers, func() { q.Close() })
-		if q.Fallback != "" {
-			log.Info("TAP offloads refused: using a plain TAP (slower)", "reason", q.Fallback)
-		}
-		st.TAPFD, st.VNet = int(q.Fd()), q.VNet
+		closers = append(closers, func() { p.Close() })
+		tapHelper = p
 	}
 	if pf.apiSocket != "" {
 		sock, dir, err := sandbox.ListenAPI(pf.apiSocket)
@@ -461,6 +469,41 @@ func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *s
 			return err
 		}
 	}
+	if tapHelper != nil {
+		token, err := tapHelper.KeepAcrossExec()
+		if err != nil {
+			return err
+		}
+		st.TAPHelper = token
+	}
 	log.Debug("entering the sandbox", "seccomp", c.seccomp)
 	return sandbox.Exec(st, c.target, pcap)
+}
+
+// pickUpTAP is stage 2's end of the TAP helper that stage 1 started and did
+// not wait for (it ran while this image started): it receives the TAP (the
+// helper is reaped in the background, or before an error is returned) and
+// puts it in st as if stage 1 had handed it over.
+func pickUpTAP(ctx context.Context, st *sandbox.State, log *slog.Logger) error {
+	p, err := nsenter.ResumeTAP(st.TAPHelper)
+	if err != nil {
+		return err
+	}
+	st.TAPHelper = ""
+	q, err := p.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	if q.Fallback != "" {
+		log.Info("TAP offloads refused: using a plain TAP (slower)", "reason", q.Fallback)
+	}
+	// A number of its own, as stage 1 handed the TAP over: the File
+	// received is closed (and its finalizer with it).
+	fd, err := unix.FcntlInt(q.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	q.Close()
+	if err != nil {
+		return fmt.Errorf("TAP: %w", err)
+	}
+	st.TAPFD, st.VNet = fd, q.VNet
+	return nil
 }
