@@ -18,6 +18,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -336,4 +338,25 @@ func isTransient(err error) bool {
 func addrOf(a tcpip.Address) netip.Addr {
 	ip, _ := netip.AddrFromSlice(a.AsSlice())
 	return ip
+}
+
+// shedUDP drops, before the stack sees it, a datagram that would open a new
+// UDP flow while MaxUnansweredUDP flows are waiting for an answer, counted
+// as handleUDP counts its refusals but with no ICMP error. Under a flood of
+// datagrams to random addresses this spares the stack the work of looking
+// for each address among those it holds (one per flow's destination), which
+// it does by scanning them all. Datagrams of flows that exist, and to the
+// stack's own sockets (DNS), go on.
+func (st *Stack) shedUDP(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+	if st.counters.udpUnanswered.Load() < int64(st.cfg.MaxUnansweredUDP) {
+		return false
+	}
+	id, _, ok := transportID(proto, pkt, header.UDPProtocolNumber, header.UDPMinimumSize)
+	if !ok || st.s.FindTransportEndpoint(proto, udp.ProtocolNumber, id, nicID) != nil {
+		return false
+	}
+	if st.counters.drop(DropUDPUnanswered) {
+		st.log.Warn("too many UDP flows without an answer: refusing new flows (logged at most every 10s)", "limit", st.cfg.MaxUnansweredUDP)
+	}
+	return true
 }

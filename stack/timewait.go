@@ -28,13 +28,17 @@ import (
 // guest's own side of it is closed, or it would not send one) by taking it
 // out of the demuxer, so that the SYN reaches the forwarder as any new
 // connection does. The old endpoint finishes its timer unseen.
+//
+// It also sheds, when shed says so, frames before the stack sees them (see
+// Stack.shedUDP).
 type timeWaitReuser struct {
 	nested.Endpoint
-	s *stack.Stack
+	s    *stack.Stack
+	shed func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool
 }
 
-func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint) *timeWaitReuser {
-	r := &timeWaitReuser{s: s}
+func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint, shed func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool) *timeWaitReuser {
+	r := &timeWaitReuser{s: s, shed: shed}
 	r.Endpoint.Init(child, r)
 	return r
 }
@@ -43,6 +47,9 @@ func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint) *timeWaitReuser
 func (r *timeWaitReuser) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	if id, ok := synID(proto, pkt); ok {
 		r.retire(proto, id)
+	}
+	if r.shed != nil && r.shed(proto, pkt) {
+		return
 	}
 	r.Endpoint.DeliverNetworkPacket(proto, pkt)
 }
@@ -63,39 +70,53 @@ func (r *timeWaitReuser) retire(proto tcpip.NetworkProtocolNumber, id stack.Tran
 // of a TCP SYN without ACK, the opening of a connection, in pkt, which
 // starts at its IP header.
 func synID(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) (stack.TransportEndpointID, bool) {
+	id, b, ok := transportID(proto, pkt, header.TCPProtocolNumber, header.TCPMinimumSize)
+	if !ok {
+		return stack.TransportEndpointID{}, false
+	}
+	if f := header.TCP(b).Flags(); !f.Contains(header.TCPFlagSyn) || f.Intersects(header.TCPFlagAck|header.TCPFlagRst) {
+		return stack.TransportEndpointID{}, false
+	}
+	return id, true
+}
+
+// transportID returns the transport endpoint ID (from the stack's point of
+// view) of an unfragmented packet of protocol trans in pkt, which starts at
+// its IP header, and the transport header's first hdrLen bytes (ports
+// first, as TCP's and UDP's are).
+func transportID(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer, trans tcpip.TransportProtocolNumber, hdrLen int) (stack.TransportEndpointID, []byte, bool) {
 	var src, dst tcpip.Address
 	var off int
 	switch proto {
 	case header.IPv4ProtocolNumber:
 		b, ok := pkt.Data().PullUp(header.IPv4MinimumSize)
 		if !ok {
-			return stack.TransportEndpointID{}, false
+			return stack.TransportEndpointID{}, nil, false
 		}
 		ip := header.IPv4(b)
-		if ip.Protocol() != uint8(header.TCPProtocolNumber) || ip.FragmentOffset() != 0 || ip.More() {
-			return stack.TransportEndpointID{}, false
+		if ip.Protocol() != uint8(trans) || ip.FragmentOffset() != 0 || ip.More() {
+			return stack.TransportEndpointID{}, nil, false
 		}
 		src, dst, off = ip.SourceAddress(), ip.DestinationAddress(), int(ip.HeaderLength())
 	case header.IPv6ProtocolNumber:
 		b, ok := pkt.Data().PullUp(header.IPv6MinimumSize)
 		if !ok {
-			return stack.TransportEndpointID{}, false
+			return stack.TransportEndpointID{}, nil, false
 		}
 		ip := header.IPv6(b)
-		if ip.NextHeader() != uint8(header.TCPProtocolNumber) { // extension headers: left to gVisor
-			return stack.TransportEndpointID{}, false
+		if ip.NextHeader() != uint8(trans) { // extension headers: left to gVisor
+			return stack.TransportEndpointID{}, nil, false
 		}
 		src, dst, off = ip.SourceAddress(), ip.DestinationAddress(), header.IPv6MinimumSize
 	default:
-		return stack.TransportEndpointID{}, false
+		return stack.TransportEndpointID{}, nil, false
 	}
-	b, ok := pkt.Data().PullUp(off + header.TCPMinimumSize)
+	b, ok := pkt.Data().PullUp(off + hdrLen)
 	if !ok {
-		return stack.TransportEndpointID{}, false
+		return stack.TransportEndpointID{}, nil, false
 	}
-	t := header.TCP(b[off:])
-	if f := t.Flags(); !f.Contains(header.TCPFlagSyn) || f.Intersects(header.TCPFlagAck|header.TCPFlagRst) {
-		return stack.TransportEndpointID{}, false
-	}
-	return stack.TransportEndpointID{LocalPort: t.DestinationPort(), LocalAddress: dst, RemotePort: t.SourcePort(), RemoteAddress: src}, true
+	b = b[off:]
+	// Source then destination port, in TCP's and UDP's headers alike.
+	srcPort, dstPort := uint16(b[0])<<8|uint16(b[1]), uint16(b[2])<<8|uint16(b[3])
+	return stack.TransportEndpointID{LocalPort: dstPort, LocalAddress: dst, RemotePort: srcPort, RemoteAddress: src}, b, true
 }
