@@ -47,7 +47,9 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	defer st.counters.tcpFlows.Add(-1)
 	st.counters.started.Add(1)
+	st.counters.tcpDialing.Add(1)
 	host, err := st.dial(st.ctx, "tcp", target)
+	st.counters.tcpDialing.Add(-1)
 	if err != nil {
 		st.refuseTCP(r, dialDropCause(err), "refused a guest connection: the host dial failed", err,
 			"guest", guestAddr, "dst", target)

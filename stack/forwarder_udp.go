@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -340,23 +341,31 @@ func addrOf(a tcpip.Address) netip.Addr {
 	return ip
 }
 
-// shedUDP drops, before the stack sees it, a datagram that would open a new
-// UDP flow while MaxUnansweredUDP flows are waiting for an answer, counted
-// as handleUDP counts its refusals but with no ICMP error. Under a flood of
-// datagrams to random addresses this spares the stack the work of looking
-// for each address among those it holds (one per flow's destination), which
-// it does by scanning them all. Datagrams of flows that exist, and to the
-// stack's own sockets (DNS), go on.
-func (st *Stack) shedUDP(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
-	if st.counters.udpUnanswered.Load() < int64(st.cfg.MaxUnansweredUDP) {
-		return false
+// shed drops, before the stack sees it, a frame that would open a new flow
+// while the limit such frames fill is full: a datagram while
+// MaxUnansweredUDP flows wait for an answer, a SYN while MaxInFlightSYNs
+// connections are still dialing. They are counted as the refusals they
+// would have met (udp-unanswered-limit, syn-in-flight), with no ICMP error.
+// Under a flood to random addresses and ports this spares the stack the
+// work of looking for each destination among the addresses it holds (one
+// per flow's destination), which it does by scanning them all. Frames of
+// flows that exist, and to the stack's own sockets (DNS), go on.
+func (st *Stack) shed(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+	if st.counters.udpUnanswered.Load() >= int64(st.cfg.MaxUnansweredUDP) {
+		id, _, ok := transportID(proto, pkt, header.UDPProtocolNumber, header.UDPMinimumSize)
+		if ok && st.s.FindTransportEndpoint(proto, udp.ProtocolNumber, id, nicID) == nil {
+			if st.counters.drop(DropUDPUnanswered) {
+				st.log.Warn("too many UDP flows without an answer: refusing new flows (logged at most every 10s)", "limit", st.cfg.MaxUnansweredUDP)
+			}
+			return true
+		}
 	}
-	id, _, ok := transportID(proto, pkt, header.UDPProtocolNumber, header.UDPMinimumSize)
-	if !ok || st.s.FindTransportEndpoint(proto, udp.ProtocolNumber, id, nicID) != nil {
-		return false
+	if st.counters.tcpDialing.Load() >= int64(st.cfg.MaxInFlightSYNs) {
+		id, ok := synID(proto, pkt)
+		if ok && st.s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) == nil {
+			st.counters.drop(DropSYNFlood)
+			return true
+		}
 	}
-	if st.counters.drop(DropUDPUnanswered) {
-		st.log.Warn("too many UDP flows without an answer: refusing new flows (logged at most every 10s)", "limit", st.cfg.MaxUnansweredUDP)
-	}
-	return true
+	return false
 }

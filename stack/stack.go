@@ -164,7 +164,7 @@ func (st *Stack) setup() error {
 	if err := tuneTCP(s); err != nil {
 		return err
 	}
-	if err := s.CreateNICWithOptions(nicID, newTimeWaitReuser(s, st.cfg.Link, st.shedUDP), stack.NICOptions{Name: "guest"}); err != nil {
+	if err := s.CreateNICWithOptions(nicID, newTimeWaitReuser(s, st.cfg.Link, st.shed), stack.NICOptions{Name: "guest"}); err != nil {
 		return fmt.Errorf("create NIC: %s", err)
 	}
 	// Promiscuous with spoofing: every destination the guest sends to is

@@ -43,6 +43,7 @@ type Stats struct {
 type counters struct {
 	tcpFlows, udpFlows, icmpFlows atomic.Int64
 	udpUnanswered                 atomic.Int64 // UDP flows not yet answered
+	tcpDialing                    atomic.Int64 // guest connections still dialing
 	started                       atomic.Int64 // flows ever opened
 	bytesOut, bytesIn             atomic.Uint64
 	mu                            sync.Mutex
@@ -85,7 +86,7 @@ func (st *Stack) Stats() Stats {
 	c.mu.Unlock()
 	tcp := st.s.Stats().TCP
 	if n := tcp.ForwardMaxInFlightDrop.Value(); n > 0 {
-		s.Drops[DropSYNFlood] = int64(n)
+		s.Drops[DropSYNFlood] += int64(n) // with those shed before the stack
 	}
 	// Every RST that is not one of ferry's refusals: the guest resetting
 	// or aborting flows, segments for no connection (e.g. one arriving as

@@ -30,7 +30,7 @@ import (
 // connection does. The old endpoint finishes its timer unseen.
 //
 // It also sheds, when shed says so, frames before the stack sees them (see
-// Stack.shedUDP).
+// Stack.shed).
 type timeWaitReuser struct {
 	nested.Endpoint
 	s    *stack.Stack
