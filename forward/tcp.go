@@ -49,5 +49,9 @@ func (u *Userspace) proxyTCP(ctx context.Context, client *net.TCPConn, dst netip
 		client.Close()
 		return
 	}
+	if g, ok := guest.(*net.TCPConn); ok {
+		SpliceTCP(ctx, client, g) // kernel mode: both are kernel sockets
+		return
+	}
 	stack.Proxy(ctx, client, guest)
 }
