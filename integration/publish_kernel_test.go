@@ -227,41 +227,7 @@ func testPublishKernel(t *testing.T, noSandbox bool) {
 // in kernel mode: the command sees its client as 127.0.0.1.
 func TestPublishKernelRun(t *testing.T) {
 	w := newWorld(t, 2*time.Minute)
-	server := `import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8000))
-s.listen()
-s.settimeout(20)
-c, peer = s.accept()
-c.recv(4096)
-c.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + peer[0].encode())
-c.close()
-`
-	args := w.ferryRunArgs("--port-driver=kernel", "-p", "127.0.0.1:8080:8000", "--", "python3", "-c", server)
-	done := make(chan nstest.Result, 1)
-	go func() {
-		res, _ := nstest.Exec(w.ctx, args...)
-		done <- res
-	}()
-	var got string
-	for start := time.Now(); time.Since(start) < 15*time.Second; time.Sleep(200 * time.Millisecond) {
-		res, err := w.host.Exec(w.ctx, "curl", "-s", "--max-time", "5", "http://127.0.0.1:8080/")
-		if err == nil && res.ExitCode == 0 {
-			got = res.Stdout
-			break
-		}
-	}
-	if got != "127.0.0.1" {
+	if got := curlRunServer(t, w, "--port-driver=kernel"); got != "from-run 127.0.0.1" {
 		t.Errorf("curl through ferry run --port-driver=kernel -p: %q, want the guest to see 127.0.0.1", got)
-	}
-	select {
-	case res := <-done:
-		t.Logf("ferry run: %s", res)
-		if res.ExitCode != 0 {
-			t.Errorf("ferry run failed: %s", res)
-		}
-	case <-time.After(30 * time.Second):
-		t.Error("ferry run did not end")
 	}
 }

@@ -175,18 +175,29 @@ func TestPublishForms(t *testing.T) {
 // serves it itself.
 func TestPublishRun(t *testing.T) {
 	w := newWorld(t, 2*time.Minute)
+	if got := curlRunServer(t, w); !strings.HasPrefix(got, "from-run ") {
+		t.Errorf("curl through ferry run -p: %q, want %q and the client's address", got, "from-run")
+	}
+}
+
+// curlRunServer runs `ferry run FLAGS -p 127.0.0.1:8080:8000` with a command
+// that serves one HTTP request on port 8000, answering "from-run" and the
+// client's address as it sees it, fetches it from the host namespace, and
+// returns the body once ferry run has exited with status 0.
+func curlRunServer(t *testing.T, w *world, flags ...string) string {
+	t.Helper()
 	server := `import socket
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8000))
 s.listen()
 s.settimeout(20)
-c, _ = s.accept()
+c, peer = s.accept()
 c.recv(4096)
-c.sendall(b"HTTP/1.0 200 OK\r\n\r\nfrom-run")
+c.sendall(b"HTTP/1.0 200 OK\r\n\r\nfrom-run " + peer[0].encode())
 c.close()
 `
-	args := w.ferryRunArgs("-p", "127.0.0.1:8080:8000", "--", "python3", "-c", server)
+	args := w.ferryRunArgs(append(flags, "-p", "127.0.0.1:8080:8000", "--", "python3", "-c", server)...)
 	done := make(chan nstest.Result, 1)
 	go func() {
 		res, _ := nstest.Exec(w.ctx, args...)
@@ -200,15 +211,16 @@ c.close()
 			break
 		}
 	}
-	if got != "from-run" {
-		t.Errorf("curl through ferry run -p: %q, want %q", got, "from-run")
-	}
 	select {
 	case res := <-done:
 		t.Logf("ferry run: %s", res)
+		if res.ExitCode != 0 {
+			t.Errorf("ferry run failed: %s", res)
+		}
 	case <-time.After(30 * time.Second):
 		t.Error("ferry run did not end")
 	}
+	return got
 }
 
 // TestPublishRefusedThenListening checks that a guest port nobody listens on
