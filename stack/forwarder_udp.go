@@ -65,7 +65,7 @@ func (st *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	target := net.JoinHostPort(dst.String(), strconv.Itoa(int(id.LocalPort)))
 	st.goFlow(func() {
 		defer st.counters.udpFlows.Add(-1)
-		st.runUDP(&wq, ep, target, addrOf(id.RemoteAddress), id.RemotePort)
+		st.runUDP(&wq, ep, target, id)
 	})
 	return true
 }
@@ -216,17 +216,22 @@ func (b *udpBatch) add(u *udpOut) {
 			return // *tcpip.ErrWouldBlock: all taken; else closed
 		}
 		u.last.Store(time.Now().UnixNano())
-		if len(u.pending) == 0 {
-			b.flows = append(b.flows, u)
-		}
-		u.pending = append(u.pending, b.arena[b.used:b.used+res.Count:b.used+res.Count])
-		b.used += res.Count
-		if len(u.pending) >= maxBatch {
-			u.send(u.pending)
-			clear(u.pending)
-			u.pending = u.pending[:0]
-			// u stays listed: flushLocked finds nothing pending.
-		}
+		b.pendLocked(u, res.Count)
+	}
+}
+
+// pendLocked makes the n bytes at the arena's end a datagram pending for u.
+func (b *udpBatch) pendLocked(u *udpOut, n int) {
+	if len(u.pending) == 0 {
+		b.flows = append(b.flows, u)
+	}
+	u.pending = append(u.pending, b.arena[b.used:b.used+n:b.used+n])
+	b.used += n
+	if len(u.pending) >= maxBatch {
+		u.send(u.pending)
+		clear(u.pending)
+		u.pending = u.pending[:0]
+		// u stays listed: flushLocked finds nothing pending.
 	}
 }
 
@@ -253,7 +258,8 @@ func (b *udpBatch) flushLocked() {
 // runUDP relays datagrams of one flow until it has been idle for the idle
 // timeout or the stack closes: from the guest in the stack's goroutine (see
 // udpOut), to the guest in this one.
-func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, src netip.Addr, srcPort uint16) {
+func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, id stack.TransportEndpointID) {
+	src, srcPort := addrOf(id.RemoteAddress), id.RemotePort
 	// The flow counts as unanswered (handleUDP) until the destination's
 	// first datagram; until then it expires sooner.
 	answered := false
@@ -292,6 +298,12 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, src 
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry) // before the closes: no send runs after
 	out.drain()                      // what came before the entry
+	if st.udpBatch != nil {
+		// From now on the flow's datagrams may skip the stack (fastUDP).
+		k := udpKey{guest: netip.AddrPortFrom(src, srcPort), dst: netip.AddrPortFrom(addrOf(id.LocalAddress), id.LocalPort)}
+		st.udpFast.add(k, out)
+		defer st.udpFast.remove(k, out)
+	}
 
 	bp := udpDatagrams.Get().(*[]byte)
 	defer udpDatagrams.Put(bp)
@@ -339,6 +351,13 @@ func isTransient(err error) bool {
 func addrOf(a tcpip.Address) netip.Addr {
 	ip, _ := netip.AddrFromSlice(a.AsSlice())
 	return ip
+}
+
+// bypass takes, before the stack sees it, a frame the stack need not see:
+// a datagram for the fast path (fastUDP) or one to shed (shed). It reports
+// whether it took pkt.
+func (st *Stack) bypass(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+	return st.fastUDP(proto, pkt) || st.shed(proto, pkt)
 }
 
 // shed drops, before the stack sees it, a frame that would open a new flow

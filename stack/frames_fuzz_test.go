@@ -2,7 +2,9 @@ package stack
 
 import (
 	"context"
+	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -14,7 +16,10 @@ import (
 
 // FuzzFrames writes arbitrary IP packets into a running stack, as a hostile
 // guest could. Every destination is fenced off, so nothing is ever dialed:
-// the stack must answer or drop, and never panic.
+// the stack must answer or drop, and never panic. One UDP flow, that of the
+// UDP seed, is open on the fast path (fastUDP), its host socket connected
+// to a sink on loopback, so that mutations of it meet the fast path's
+// parsing.
 func FuzzFrames(f *testing.F) {
 	for _, seed := range [][]byte{
 		ipv4Packet(header.TCPProtocolNumber, []byte{0x30, 0x39, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0}),
@@ -26,8 +31,9 @@ func FuzzFrames(f *testing.F) {
 		f.Add(seed)
 	}
 	ep := channel.New(256, 65520, "\x52\x55\x0a\x00\x02\x02")
+	link := &burstLink{Endpoint: ep}
 	st, err := New(Config{
-		Link:    ep,
+		Link:    link,
 		Network: NewNetwork(netip.MustParsePrefix(DefaultCIDR)).WithIPv6(netip.MustParsePrefix(DefaultCIDR6)),
 		Fence:   Fence{Deny: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}},
 	})
@@ -40,6 +46,33 @@ func FuzzFrames(f *testing.F) {
 		}
 	}()
 	f.Cleanup(func() { cancel(); st.Close() })
+	sink, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { sink.Close() })
+	go func() { // drain the sink
+		buf := make([]byte, 65536)
+		for {
+			if _, err := sink.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	host, err := net.DialUDP("udp4", nil, sink.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { host.Close() })
+	rc, err := host.SyscallConn()
+	if err != nil {
+		f.Fatal(err)
+	}
+	var last atomic.Int64
+	st.udpFast.add(udpKey{
+		guest: netip.MustParseAddrPort("10.0.2.100:12345"),
+		dst:   netip.MustParseAddrPort("192.0.2.1:53"),
+	}, &udpOut{host: rc, last: &last, moved: &st.counters.bytesOut, fail: func() {}, batch: st.udpBatch})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) == 0 {
 			return
@@ -51,6 +84,7 @@ func FuzzFrames(f *testing.F) {
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
 		ep.InjectInbound(proto, pkt)
 		pkt.DecRef()
+		link.endBurst()
 	})
 }
 

@@ -101,6 +101,7 @@ type Stack struct {
 	counters  counters
 	hostAddrs map[netip.Addr]bool // for Fence.DenyHost
 	udpBatch  *udpBatch           // nil unless the link reports its bursts
+	udpFast   udpFlows            // flows whose datagrams skip the stack
 }
 
 // burstHooker is a link endpoint that reports the end of each burst of
@@ -164,7 +165,7 @@ func (st *Stack) setup() error {
 	if err := tuneTCP(s); err != nil {
 		return err
 	}
-	if err := s.CreateNICWithOptions(nicID, newTimeWaitReuser(s, st.cfg.Link, st.shed), stack.NICOptions{Name: "guest"}); err != nil {
+	if err := s.CreateNICWithOptions(nicID, newTimeWaitReuser(s, st.cfg.Link, st.bypass), stack.NICOptions{Name: "guest"}); err != nil {
 		return fmt.Errorf("create NIC: %s", err)
 	}
 	// Promiscuous with spoofing: every destination the guest sends to is

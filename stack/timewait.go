@@ -29,16 +29,16 @@ import (
 // out of the demuxer, so that the SYN reaches the forwarder as any new
 // connection does. The old endpoint finishes its timer unseen.
 //
-// It also sheds, when shed says so, frames before the stack sees them (see
-// Stack.shed).
+// It also takes, when bypass says so, frames before the stack sees them
+// (see Stack.bypass: the UDP fast path and shedding under floods).
 type timeWaitReuser struct {
 	nested.Endpoint
-	s    *stack.Stack
-	shed func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool
+	s      *stack.Stack
+	bypass func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool
 }
 
-func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint, shed func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool) *timeWaitReuser {
-	r := &timeWaitReuser{s: s, shed: shed}
+func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint, bypass func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool) *timeWaitReuser {
+	r := &timeWaitReuser{s: s, bypass: bypass}
 	r.Endpoint.Init(child, r)
 	return r
 }
@@ -48,7 +48,7 @@ func (r *timeWaitReuser) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber,
 	if id, ok := synID(proto, pkt); ok {
 		r.retire(proto, id)
 	}
-	if r.shed != nil && r.shed(proto, pkt) {
+	if r.bypass != nil && r.bypass(proto, pkt) {
 		return
 	}
 	r.Endpoint.DeliverNetworkPacket(proto, pkt)
