@@ -1,6 +1,7 @@
 # ferry: build, demo and tests. `make test` is what CI runs (as root).
 GO       ?= go
 BIN      ?= bin/ferry
+GOTAGS   ?=
 STATICCHECK_VERSION ?= v0.8.2
 
 .PHONY: all build demo test unit integration lint fuzz clean install soak
@@ -9,9 +10,10 @@ all: build
 
 # -s -w: no symbol table or DWARF (panics and pprof still symbolize from
 # the pclntab); a smaller binary costs ~3 ms less CPU on each of the execs
-# that start ferry attach (the helper's, the sandbox's).
+# that start ferry attach (the helper's, the sandbox's). GOTAGS=ferry_pprof
+# builds in the profile server of FERRY_DEBUG_PPROF (bench/README.md).
 build:
-	$(GO) build -ldflags='-s -w' -o $(BIN) ./cmd/ferry
+	$(GO) build -tags '$(GOTAGS)' -ldflags='-s -w' -o $(BIN) ./cmd/ferry
 
 # The main job with its defaults: a namespace made by an unprivileged user
 # gets a network from `ferry attach`; the demo fetches a page from the host's

@@ -34,6 +34,11 @@ func main() {
 	}
 }
 
+// envPprof, when set to a loopback address, serves Go's profiles there: for
+// profiling ferry under load (make bench), in a build with the ferry_pprof
+// tag only.
+const envPprof = "FERRY_DEBUG_PPROF"
+
 // exitError ends ferry with a status code and no further message.
 type exitError struct{ code int }
 

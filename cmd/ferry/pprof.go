@@ -1,3 +1,5 @@
+//go:build ferry_pprof
+
 package main
 
 import (
@@ -7,10 +9,6 @@ import (
 	"net/http/pprof"
 	"os"
 )
-
-// envPprof, when set to a loopback address, serves Go's profiles there: for
-// profiling ferry under load (make bench), never on by default.
-const envPprof = "FERRY_DEBUG_PPROF"
 
 // maybeServePprof starts the profile server if envPprof asks for one.
 func maybeServePprof() {
