@@ -113,13 +113,37 @@ func (st *Stack) fastUDP(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuf
 	}
 	u := st.udpFast.lookup(k)
 	if u == nil {
-		return false
+		return st.dropUndialable(proto, k)
 	}
 	b, ok := data.PullUp(headLen + n)
 	if !ok {
 		return false
 	}
 	st.udpBatch.put(u, b[headLen+header.UDPMinimumSize:])
+	return true
+}
+
+// dropUndialable drops a datagram that would open a flow to an address
+// ferry never dials (see hostAddr: the virtual network's own addresses,
+// broadcast, multicast and the like) before the stack looks for its
+// destination among the addresses it holds, by scanning them all. The
+// stack's UDP forwarder would drop it silently too; here it is counted
+// (no-destination). Datagrams to the stack's own sockets (DNS, DHCP) go
+// on. It reports whether it dropped the datagram.
+func (st *Stack) dropUndialable(proto tcpip.NetworkProtocolNumber, k udpKey) bool {
+	if _, ok := st.hostAddrOf(k.dst.Addr()); ok {
+		return false
+	}
+	id := stack.TransportEndpointID{
+		LocalPort:     k.dst.Port(),
+		LocalAddress:  tcpip.AddrFromSlice(k.dst.Addr().AsSlice()),
+		RemotePort:    k.guest.Port(),
+		RemoteAddress: tcpip.AddrFromSlice(k.guest.Addr().AsSlice()),
+	}
+	if st.s.FindTransportEndpoint(proto, header.UDPProtocolNumber, id, nicID) != nil {
+		return false
+	}
+	st.counters.drop(DropNoDestination)
 	return true
 }
 

@@ -251,3 +251,38 @@ func recvFrom(t *testing.T, srv *net.UDPConn, g *udpGuest) uint16 {
 	}
 	return from.Port()
 }
+
+// TestUDPUndialableDropped checks that a datagram to an address ferry never
+// dials (a neighbour on the virtual network, the broadcast address) is
+// dropped before the stack scans its addresses for it, and counted as
+// no-destination, while datagrams to the stack's own DNS socket still
+// reach it.
+func TestUDPUndialableDropped(t *testing.T) {
+	n := NewNetwork(netip.MustParsePrefix(DefaultCIDR))
+	link := &burstLink{Endpoint: channel.New(64, 1500, "\x52\x55\x0a\x00\x02\x02")}
+	st, err := New(Config{Link: link, Network: n, DNSUpstreams: []string{"127.0.0.1:9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	stats := st.s.Stats()
+	for _, dst := range []string{"10.0.2.50:9999", "10.0.2.255:9999"} {
+		g := &udpGuest{link: link, src: netip.AddrPortFrom(n.Guest, 40000), dst: netip.MustParseAddrPort(dst)}
+		before := stats.IP.PacketsReceived.Value()
+		g.send(g.frame("nowhere", nil))
+		link.endBurst()
+		if d := stats.IP.PacketsReceived.Value() - before; d != 0 {
+			t.Errorf("datagram to %s: the stack's IP layer saw it (%d), want it dropped before", dst, d)
+		}
+	}
+	if got := st.Stats().Drops[DropNoDestination]; got != 2 {
+		t.Errorf("no-destination drops: %d, want 2", got)
+	}
+	g := &udpGuest{link: link, src: netip.AddrPortFrom(n.Guest, 40001), dst: netip.AddrPortFrom(n.DNS, 53)}
+	before := stats.UDP.PacketsReceived.Value()
+	g.send(g.frame("not really a query", nil))
+	link.endBurst()
+	if d := stats.UDP.PacketsReceived.Value() - before; d != 1 {
+		t.Errorf("datagram to the DNS address: the stack's UDP saw %d, want 1", d)
+	}
+}
