@@ -40,6 +40,9 @@ const (
 	mUDP        = "udp_recv_mbps"
 	mUDPLoss    = "udp_loss_pct"
 	mUDPCPU     = "cpu_s_per_gb_udp"
+	mUDPIn      = "udp_in_recv_mbps"
+	mUDPInLoss  = "udp_in_loss_pct"
+	mUDPInCPU   = "cpu_s_per_gb_udp_in"
 	mRRp50      = "rr_p50_us"
 	mRRp99      = "rr_p99_us"
 	mCPS        = "conn_per_s"
@@ -131,6 +134,24 @@ func (e *env) measureOnce(t tool, hostPort int, c config) (map[string]float64, [
 		}
 		if err != nil {
 			fail("udp", err)
+		}
+		// The same host -> guest: the guest's iperf3 asks (-R) and the
+		// host's sends back through the flow the guest opened.
+		c0 = cpuSeconds(hp)
+		out, err = e.run("iperf3 udp -R", e.inGuest(in.guest, "iperf3", "-u", "-R", "-c", in.gw, "-p", strconv.Itoa(hostIperfPort),
+			"-b", c.UDPRate, "-l", strconv.Itoa(c.UDPLen), "-t", secs, "-J"), time.Duration(c.Secs+30)*time.Second)
+		cpu = cpuSeconds(hp) - c0
+		if err == nil {
+			var recvMbps, loss, gb float64
+			if recvMbps, loss, gb, err = parseIperfUDP(out); err == nil {
+				m[mUDPIn], m[mUDPInLoss] = recvMbps, loss
+				if gb > 0 && hp != 0 {
+					m[mUDPInCPU] = cpu / gb
+				}
+			}
+		}
+		if err != nil {
+			fail("udp -R", err)
 		}
 	}
 
