@@ -250,3 +250,43 @@ func TestRunSeccomp(t *testing.T) {
 		t.Errorf("ferry run --no-sandbox: want no filter anywhere, got %q", res.Stdout)
 	}
 }
+
+// TestRunKilled kills ferry run with SIGKILL, in both sandbox modes: its
+// command must die with it (the parent-death signal), not live on as an
+// orphan.
+func TestRunKilled(t *testing.T) {
+	w := newWorld(t, time.Minute)
+	for _, mode := range [][]string{nil, {"--no-sandbox"}} {
+		args := w.ferryRunArgs(append(mode, "--", "sh", "-c", `echo $$; while :; do sleep 0.1; done`)...)
+		cmd := exec.CommandContext(w.ctx, args[0], args[1:]...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		lines := bufio.NewScanner(out)
+		if !lines.Scan() {
+			t.Fatalf("%v: command did not start", mode)
+		}
+		pid, err := strconv.Atoi(lines.Text())
+		if err != nil {
+			t.Fatalf("%v: command printed %q, want its PID", mode, lines.Text())
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		gone := false
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err != nil || strings.Contains(string(st), ") Z ") {
+				gone = true
+				break
+			}
+		}
+		if !gone {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Errorf("%v: the command (PID %d) outlived ferry run killed by SIGKILL", mode, pid)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,19 +87,26 @@ func startWrapped(t *testing.T, w *world, wrap []string, bin string, args ...str
 // (default: etc and run).
 func checkConfined(t *testing.T, r *sandboxRun, seccomp bool, root ...string) {
 	t.Helper()
-	pid := r.f.PID()
+	checkConfinedPID(t, r.f, r.w.guest.PID, seccomp, root...)
+}
+
+// checkConfinedPID is checkConfined for ferry f serving the guest process
+// guestPID, whose user namespace ferry must be in.
+func checkConfinedPID(t *testing.T, f *nstest.Ferry, guestPID int, seccomp bool, root ...string) {
+	t.Helper()
+	pid := f.PID()
 	select {
-	case <-r.f.Done():
-		t.Fatalf("ferry (PID %d) exited: %s", pid, r.f.Stderr())
+	case <-f.Done():
+		t.Fatalf("ferry (PID %d) exited: %s", pid, f.Stderr())
 	default:
 	}
 	proc := "/proc/" + strconv.Itoa(pid)
 	userns, _ := os.Readlink(proc + "/ns/user")
-	guestUserns, _ := os.Readlink(r.w.guest.UsernsPath)
+	guestUserns, _ := os.Readlink("/proc/" + strconv.Itoa(guestPID) + "/ns/user")
 	if userns == "" || userns != guestUserns {
 		t.Errorf("ferry's user namespace %q, want the guest's %q", userns, guestUserns)
 	}
-	guestMnt, _ := os.Readlink("/proc/" + strconv.Itoa(r.w.guest.PID) + "/ns/mnt")
+	guestMnt, _ := os.Readlink("/proc/" + strconv.Itoa(guestPID) + "/ns/mnt")
 	selfMnt, _ := os.Readlink("/proc/self/ns/mnt")
 	tasks, err := filepath.Glob(proc + "/task/*")
 	if err != nil || len(tasks) < 2 {
@@ -512,5 +520,75 @@ func TestSandboxFallback(t *testing.T) {
 	}
 	if want := "ferry: sandbox: pivot_root (failure forced by FERRY_DEBUG_SANDBOX_FAIL): operation not permitted"; code == 0 || !strings.Contains(strings.ToLower(f.Stderr()), strings.ToLower(want)) {
 		t.Errorf("explicit --enable-sandbox that cannot be built: exit %d, stderr %q; want an error %q", code, f.Stderr(), want)
+	}
+}
+
+// TestSandboxRun checks that `ferry run` confines itself as attach does, by
+// default: every thread of ferry in the command's user namespace with only
+// CAP_NET_BIND_SERVICE, in seccomp filter mode, with a tmpfs root of its
+// own, and the probe's syscalls and file accesses refused on every thread;
+// the command still reaches the host's loopback, ferry passes a signal on
+// and exits with the command's status, and leaves nothing behind.
+func TestSandboxRun(t *testing.T) {
+	w := newWorld(t, 2*time.Minute)
+	port, hits := serveHostPage(t, w)
+	dir, err := os.MkdirTemp("", "ferry-sandbox-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := filepath.Glob("/tmp/ferry-run-*") // the generated files' directories
+	script := fmt.Sprintf(`curl -s --max-time 10 http://10.0.2.2:%d/ > %s/page; touch %s/ready; exec sleep 60`, port, dir, dir)
+	f, err := nstest.StartFerry(t, w.lab.Ferry, w.host, w.lab.User, nstest.FerryOpts{
+		Args: []string{"run", "--", "sh", "-c", script}, Wrap: probeEnv,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
+			break
+		}
+		select {
+		case <-f.Done():
+			t.Fatalf("ferry run exited before its command was ready: %s", f.Stderr())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the command never got ready: %s", f.Stderr())
+		}
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "page")); string(got) != page || hits.Load() != 1 {
+		t.Errorf("curl from the command: %q, %d hits; want %q, 1 hit", got, hits.Load(), page)
+	}
+	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", f.PID(), f.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmdPID, err := strconv.Atoi(strings.TrimSpace(string(kids)))
+	if err != nil {
+		t.Fatalf("ferry's children: %q, want the command's PID only", kids)
+	}
+	checkConfinedPID(t, f, cmdPID, true)
+	checkProbe(t, f.Stderr(), probeWant{seccomp: "EPERM", landlock: landlockWant()})
+
+	if err := f.Signal(syscall.SIGTERM); err != nil { // passed on to the command
+		t.Fatal(err)
+	}
+	code, err := f.Wait(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 128+int(syscall.SIGTERM) {
+		t.Errorf("ferry run exited %d, want %d (the command's, killed by SIGTERM)", code, 128+int(syscall.SIGTERM))
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", cmdPID)); err == nil {
+		t.Errorf("the command (PID %d) outlived ferry run", cmdPID)
+	}
+	if left, _ := filepath.Glob("/tmp/ferry-run-*"); !slices.Equal(left, before) {
+		t.Errorf("left behind: %q (before: %q)", left, before)
 	}
 }

@@ -63,6 +63,9 @@
 #define ENV_SANDBOX_FAILED "_FERRY_SANDBOX_FAILED"
 // "1": a failure to build the sandbox is fatal, not a fallback.
 #define ENV_SANDBOX_STRICT "_FERRY_SANDBOX_STRICT"
+// "1": ferry may signal processes outside its Landlock domain (ferry run
+// passes signals on to its command); otherwise signals are scoped.
+#define ENV_SANDBOX_SIGNALS "_FERRY_SANDBOX_SIGNALS"
 // Set by tests: the sandbox fails just before pivot_root.
 #define ENV_DEBUG_FAIL "FERRY_DEBUG_SANDBOX_FAIL"
 
@@ -347,7 +350,10 @@ static void landlock(const char *rw_path, int rmdir_fd, const char *resolv_canon
 	if (abi >= 4)
 		size = 2 * sizeof(__u64);
 	if (abi >= 6) {
-		attr.scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL;
+		attr.scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET;
+		const char *sig = getenv(ENV_SANDBOX_SIGNALS);
+		if (sig == NULL || strcmp(sig, "1") != 0)
+			attr.scoped |= LL_SCOPE_SIGNAL;
 		size = sizeof(attr);
 	}
 	__u64 h = attr.handled_access_fs;

@@ -32,6 +32,9 @@ const (
 	// envSandboxRmdir is the fd of a directory ferry may remove files
 	// from under Landlock.
 	envSandboxRmdir = "_FERRY_SANDBOX_RMDIR"
+	// envSandboxSignals is "1" when ferry may signal processes outside its
+	// sandbox.
+	envSandboxSignals = "_FERRY_SANDBOX_SIGNALS"
 	// envSandboxFailed is set by the constructor, to the reason, when it
 	// could not build the sandbox and executed ferry again without it.
 	envSandboxFailed = "_FERRY_SANDBOX_FAILED"
@@ -58,6 +61,9 @@ type SandboxOpts struct {
 	// Strict makes a failure to build the sandbox end ferry with a
 	// message; otherwise ferry runs on without it (see [Report.Failed]).
 	Strict bool
+	// Signals lets ferry signal processes outside its sandbox (ferry run's
+	// command), which Landlock (ABI 6 and later) otherwise forbids.
+	Signals bool
 }
 
 // SandboxUserns opens the user namespace a sandboxed ferry serving t enters:
@@ -140,6 +146,9 @@ func ExecSandboxed(state []byte, o SandboxOpts) error {
 	}
 	if o.Strict {
 		env = append(env, envSandboxStrict+"=1")
+	}
+	if o.Signals {
+		env = append(env, envSandboxSignals+"=1")
 	}
 	for _, fd := range keep {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {

@@ -38,6 +38,11 @@ type State struct {
 	// Strict says the sandbox was asked for explicitly: a failure to
 	// build it, or to install the filter, ends ferry instead of a warning.
 	Strict bool `json:"strict,omitempty"`
+	// RunPID, for `ferry run`, is the command's process (ferry's child,
+	// held before exec) and RunReleaseFD the pipe that lets it run (see
+	// spawn.Resume); RunPID is 0 for `ferry attach`.
+	RunPID       int `json:"run_pid,omitempty"`
+	RunReleaseFD int `json:"run_release_fd,omitempty"`
 }
 
 // Exec re-executes ferry in place into the sandbox; see
@@ -58,7 +63,10 @@ func Exec(st State, t nsenter.Target, pcap *os.File) error {
 			keep = append(keep, fd)
 		}
 	}
-	o := nsenter.SandboxOpts{Userns: userns, Keep: keep, RemoveDir: st.APIDirFD, Strict: st.Strict}
+	if st.RunPID != 0 {
+		keep = append(keep, st.RunReleaseFD)
+	}
+	o := nsenter.SandboxOpts{Userns: userns, Keep: keep, RemoveDir: st.APIDirFD, Strict: st.Strict, Signals: st.RunPID != 0}
 	if pcap != nil {
 		o.Writable, o.WritablePath = pcap, st.Pcap
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -21,6 +22,9 @@ func MaybeRunInit() {
 	if raw == "" {
 		return
 	}
+	// The parent-death signal and execve both belong to a thread: keep the
+	// one that asks for the first to be the one that executes.
+	runtime.LockOSThread()
 	var ic initConfig
 	if err := json.Unmarshal([]byte(raw), &ic); err != nil {
 		fatal(1, fmt.Errorf("run: bad init config: %w", err))
@@ -42,13 +46,24 @@ func MaybeRunInit() {
 			fatal(1, fmt.Errorf("run: re-execute ferry in the new user namespace: %w", err))
 		}
 	}
+	// Executing with new credentials cleared the parent-death signal
+	// Start asked for: ask again, so that the command dies with ferry even
+	// when ferry is killed, and give up if ferry is already gone.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
+		fatal(1, fmt.Errorf("run: set the parent-death signal: %w", err))
+	}
+	if os.Getppid() == 1 {
+		os.Exit(1)
+	}
+	// Mapped: the command's view is set up now, while ferry brings the
+	// network up (nothing here needs it).
+	if err := prepare(ic); err != nil {
+		fatal(1, err)
+	}
 	if n, _ := release.Read(b); n != 1 {
 		os.Exit(1)
 	}
 	release.Close()
-	if err := prepare(ic); err != nil {
-		fatal(1, err)
-	}
 	execCommand(ic.Args)
 }
 
@@ -76,6 +91,11 @@ func prepare(ic initConfig) error {
 		if err := unix.Mount(m[0], m[1], "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind-mount the generated %s: %w", m[1], err)
 		}
+	}
+	if ic.Dir != "" {
+		// Mounted, the files need no name: this removes them while ferry
+		// may no longer see them (its sandbox has a root of its own).
+		os.RemoveAll(ic.Dir)
 	}
 	if ic.Hostname != "" {
 		if err := unix.Sethostname([]byte(ic.Hostname)); err != nil {

@@ -49,9 +49,13 @@ type Config struct {
 
 // Child is a started command, held before exec until Release.
 type Child struct {
-	cmd     *exec.Cmd
-	release *os.File // write end of the pipe the child waits on
-	dir     string   // holds the files bind-mounted into the child
+	cmd     *exec.Cmd   // nil in a Child from Resume
+	proc    *os.Process // the command
+	release *os.File    // write end of the pipe the child waits on
+	// dir holds the files bind-mounted into the child, which removes it
+	// once they are mounted; it is removed here too in case it never did
+	// (from a Child from Resume, in the sandbox, it cannot be seen).
+	dir string
 }
 
 // Environment of the child's init (see init.go).
@@ -71,6 +75,9 @@ type initConfig struct {
 	// Reexec: the init was created unmapped in a new user namespace and
 	// must execute itself again once mapped, to hold capabilities there.
 	Reexec bool `json:"reexec,omitempty"`
+	// Dir holds ResolvConf and Hosts; the init removes it once they are
+	// mounted.
+	Dir string `json:"dir,omitempty"`
 }
 
 // Start starts the command's init in its namespaces and maps its user and
@@ -101,6 +108,7 @@ func Start(cfg Config) (*Child, error) {
 			return nil, err
 		}
 	}
+	ic.Dir = dir
 	icJSON, err := json.Marshal(ic)
 	if err != nil {
 		return nil, fmt.Errorf("encode init config: %w", err)
@@ -135,7 +143,7 @@ func Start(cfg Config) (*Child, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, explainStartError(err)
 	}
-	c.cmd = cmd
+	c.cmd, c.proc = cmd, cmd.Process
 	if cfg.Net != NetJoin {
 		if err := mapIDs(cmd.Process.Pid); err != nil {
 			c.Kill()
@@ -159,8 +167,30 @@ func writeFile(dir, name string, data []byte) (string, error) {
 	return p, nil
 }
 
+// Resume returns the Child that Start started, in a ferry that has since
+// executed itself anew (the sandbox's stage 2): the process pid, still
+// ferry's child, and releaseFD, the write end of its release pipe
+// (ReleaseFD before the execution).
+func Resume(pid, releaseFD int) (*Child, error) {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return nil, fmt.Errorf("find the command's process %d: %w", pid, err)
+	}
+	return &Child{proc: p, release: os.NewFile(uintptr(releaseFD), "release")}, nil
+}
+
+// ReleaseFD is the fd of the release pipe's write end, for Resume; it is
+// left open across an execution.
+func (c *Child) ReleaseFD() (int, error) {
+	fd := int(c.release.Fd())
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+		return -1, fmt.Errorf("keep the command's release pipe open: %w", err)
+	}
+	return fd, nil
+}
+
 // PID is the command's process ID (the same before and after exec).
-func (c *Child) PID() int { return c.cmd.Process.Pid }
+func (c *Child) PID() int { return c.proc.Pid }
 
 // Release lets the command run: its init mounts the files, sets the
 // hostname and executes it.
@@ -173,13 +203,13 @@ func (c *Child) Release() error {
 }
 
 // Signal sends sig to the command.
-func (c *Child) Signal(sig os.Signal) error { return c.cmd.Process.Signal(sig) }
+func (c *Child) Signal(sig os.Signal) error { return c.proc.Signal(sig) }
 
 // Kill ends a command that was never released, and cleans up.
 func (c *Child) Kill() {
 	c.release.Close()
-	c.cmd.Process.Kill()
-	c.cmd.Wait()
+	c.proc.Kill()
+	c.wait()
 	c.cleanup()
 }
 
@@ -187,8 +217,11 @@ func (c *Child) Kill() {
 // shell reports it (128+N for a command killed by signal N).
 func (c *Child) Wait() (int, error) {
 	defer c.cleanup()
-	err := c.cmd.Wait()
-	ws, ok := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	state, err := c.wait()
+	if state == nil {
+		return 1, err
+	}
+	ws, ok := state.Sys().(syscall.WaitStatus)
 	if !ok {
 		return 1, err
 	}
@@ -202,9 +235,21 @@ func (c *Child) Wait() (int, error) {
 	return ws.ExitStatus(), nil
 }
 
+// wait reaps the command: through exec.Cmd when this ferry started it
+// (which also ends its I/O copying, if any), else through its process.
+func (c *Child) wait() (*os.ProcessState, error) {
+	if c.cmd != nil {
+		err := c.cmd.Wait()
+		return c.cmd.ProcessState, err
+	}
+	return c.proc.Wait()
+}
+
 func (c *Child) cleanup() {
 	if c.release != nil {
 		c.release.Close()
 	}
-	os.RemoveAll(c.dir)
+	if c.dir != "" {
+		os.RemoveAll(c.dir)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrynet/ferry/forward"
 	"github.com/ferrynet/ferry/nsenter"
 	"github.com/ferrynet/ferry/sandbox"
+	"github.com/ferrynet/ferry/spawn"
 	"github.com/ferrynet/ferry/stack"
 	"github.com/ferrynet/ferry/tap"
 )
@@ -112,6 +113,9 @@ type attachConfig struct {
 	// resumed is set when this process is the sandboxed re-execution
 	// (stage 2): what stage 1 set up, by fd.
 	resumed *sandbox.State
+	// runChild, for `ferry run`, is the command, held before exec, that
+	// stage 2 releases and waits for (the target is its process).
+	runChild *spawn.Child
 }
 
 // parseAttach validates flags and arguments, without side effects.
@@ -203,46 +207,14 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	if st == nil && c.sandbox {
 		return enterSandbox(ctx, c, pf, log)
 	}
-	if st != nil && st.TAPHelper != "" {
-		// Before anything is logged: an error from the helper is then
-		// ferry's only line, as when stage 1 waited for it.
-		if err := pickUpTAP(ctx, st, log); err != nil {
-			return err
-		}
-	}
-	landlock := 0
-	if st != nil {
-		r := sandbox.Report()
-		if r.Failed != "" {
-			log.Warn("running without the sandbox: it could not be set up (--no-sandbox silences this)", "reason", r.Failed)
-		} else if r.LandlockABI == 0 {
-			log.Debug("running without Landlock", "reason", r.LandlockNote)
-		}
-		landlock = r.LandlockABI
-	}
-	if st != nil && st.Seccomp {
-		// First thing in stage 2: nothing from the guest is handled
-		// before the filter is on.
-		if err := installSeccomp(st.Strict, log); err != nil {
-			return err
-		}
-	}
-	var n *network
-	var err error
+	var (
+		n        *network
+		landlock int
+		err      error
+	)
 	switch {
 	case st != nil:
-		nc := c.net
-		if len(st.DNSUpstreams) > 0 {
-			nc.stack.DNSUpstreams = st.DNSUpstreams
-		}
-		if st.Pcap != "" {
-			// The path stage 1 created; the sandbox binds it there.
-			nc.pcap = st.Pcap
-		}
-		n, err = startNetworkOn(os.NewFile(uintptr(st.TAPFD), "tap"), st.VNet, nc, log)
-		if err == nil && c.net.kernelPorts {
-			n.dialer, err = resumeDialer(n) // started by stage 1
-		}
+		n, landlock, err = startResumed(ctx, st, c.net, log)
 	case c.tapFD >= 0:
 		f := os.NewFile(uintptr(c.tapFD), "tap")
 		n, err = startNetworkOn(f, tap.HasVNetHeader(c.tapFD), c.net, log)
@@ -260,28 +232,11 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 			return err
 		}
 	}
-	pubFlags := pf
-	if st != nil && st.APIFD >= 0 {
-		// Stage 1 bound the API socket: serve that one.
-		noAPI := *pf
-		noAPI.apiSocket = ""
-		pubFlags = &noAPI
-	}
-	pub, err := startPublishing(ctx, n, pubFlags, log)
+	stopPublishing, err := publishOn(ctx, n, pf, st, log)
 	if err != nil {
 		return err
 	}
-	defer pub.Close()
-	if st != nil && st.APIFD >= 0 {
-		plog := log.With("component", "publish")
-		h := forward.NewAPI(pub.pub, n.stack.Network().Guest, plog)
-		h.SetStats(func() any { return n.stack.Stats() })
-		api, err := sandbox.ServeAPI(st.APIFD, st.APIDirFD, st.APIName, h, plog)
-		if err != nil {
-			return err
-		}
-		defer api.Close()
-	}
+	defer stopPublishing()
 	sandboxed := st != nil && sandbox.Report().Failed == ""
 	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name, "sandbox", sandboxed,
 		"landlock", landlock, "seccomp", c.seccomp)
@@ -303,6 +258,76 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 		c.onEnd(reason)
 	}
 	return nil
+}
+
+// startResumed is the start of stage 2 (st is what stage 1 handed over):
+// it receives the TAP, reports what confines this process, installs the
+// seccomp filter before anything from the guest is handled, and starts the
+// network on nc. It returns the Landlock ABI applied (0: none).
+func startResumed(ctx context.Context, st *sandbox.State, nc netConfig, log *slog.Logger) (*network, int, error) {
+	if st.TAPHelper != "" {
+		// Before anything is logged: an error from the helper is then
+		// ferry's only line, as when stage 1 waited for it.
+		if err := pickUpTAP(ctx, st, log); err != nil {
+			return nil, 0, err
+		}
+	}
+	r := sandbox.Report()
+	if r.Failed != "" {
+		log.Warn("running without the sandbox: it could not be set up (--no-sandbox silences this)", "reason", r.Failed)
+	} else if r.LandlockABI == 0 {
+		log.Debug("running without Landlock", "reason", r.LandlockNote)
+	}
+	if st.Seccomp {
+		if err := installSeccomp(st.Strict, log); err != nil {
+			return nil, 0, err
+		}
+	}
+	if len(st.DNSUpstreams) > 0 {
+		nc.stack.DNSUpstreams = st.DNSUpstreams
+	}
+	if st.Pcap != "" {
+		// The path stage 1 created; the sandbox binds it there.
+		nc.pcap = st.Pcap
+	}
+	n, err := startNetworkOn(os.NewFile(uintptr(st.TAPFD), "tap"), st.VNet, nc, log)
+	if err == nil && nc.kernelPorts {
+		if n.dialer, err = resumeDialer(n); err != nil { // started by stage 1
+			n.Close()
+		}
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return n, r.LandlockABI, nil
+}
+
+// publishOn publishes pf's ports into n and serves the API socket: the one
+// stage 1 bound when st has it, else pf's. It returns what stops both.
+func publishOn(ctx context.Context, n *network, pf *publishFlags, st *sandbox.State, log *slog.Logger) (func(), error) {
+	pubFlags := pf
+	if st != nil && st.APIFD >= 0 {
+		// Stage 1 bound the API socket: serve that one.
+		noAPI := *pf
+		noAPI.apiSocket = ""
+		pubFlags = &noAPI
+	}
+	pub, err := startPublishing(ctx, n, pubFlags, log)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil || st.APIFD < 0 {
+		return pub.Close, nil
+	}
+	plog := log.With("component", "publish")
+	h := forward.NewAPI(pub.pub, n.stack.Network().Guest, plog)
+	h.SetStats(func() any { return n.stack.Stats() })
+	api, err := sandbox.ServeAPI(st.APIFD, st.APIDirFD, st.APIName, h, plog)
+	if err != nil {
+		pub.Close()
+		return nil, err
+	}
+	return func() { api.Close(); pub.Close() }, nil
 }
 
 // waitForEnd blocks until the target process exits, exit-fd hangs up, or
@@ -475,6 +500,13 @@ func enterSandbox(ctx context.Context, c *attachConfig, pf *publishFlags, log *s
 			return err
 		}
 		st.TAPHelper = token
+	}
+	if c.runChild != nil {
+		fd, err := c.runChild.ReleaseFD()
+		if err != nil {
+			return err
+		}
+		st.RunPID, st.RunReleaseFD = c.runChild.PID(), fd
 	}
 	log.Debug("entering the sandbox", "seccomp", c.seccomp)
 	return sandbox.Exec(st, c.target, pcap)

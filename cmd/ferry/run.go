@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,7 +82,7 @@ originals inside, and exit with CMD's status. Nothing is left behind.
 	fl.StringArrayVar(&f.dnsSearch, "dns-search", nil, "search domain for the command's resolv.conf (repeatable)")
 	fl.StringArrayVar(&f.dnsOptions, "dns-option", nil, "resolver option for the command's resolv.conf, e.g. ndots:2 (repeatable)")
 	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:IP to the command's /etc/hosts; IP may be host-gateway (repeatable)")
-	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "do not install ferry's seccomp allow-list once the command runs (on by default; the command is never filtered)")
+	fl.BoolVar(&f.noSandbox, "no-sandbox", false, "do not confine ferry itself (by default it re-executes inside the command's user namespace with a private root, no capabilities but CAP_NET_BIND_SERVICE, Landlock and a seccomp allow-list; the command is never filtered)")
 	fl.StringVar(&f.hostname, "hostname", "", "the command's hostname (in its own UTS namespace)")
 	return cmd
 }
@@ -156,6 +158,13 @@ func parseRun(f *runFlags, args []string) (*runConfig, error) {
 }
 
 // runRun runs the command with its network and returns its exit status.
+//
+// With ferry's userspace network and the sandbox (the default), this is
+// attach's two stages: stage 1 starts the command (held before exec) and
+// what needs the caller's view of the system, then executes ferry anew
+// inside the command's user namespace with a root of its own; stage 2
+// (runResumed) serves the network, lets the command run and waits for it.
+// The command stays ferry's child across the execution.
 func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (int, error) {
 	c, err := parseRun(f, args)
 	if err != nil {
@@ -166,6 +175,13 @@ func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (
 	}
 	if !c.userNet && (len(f.publish.specs) > 0 || f.publish.apiSocket != "") {
 		return 0, fmt.Errorf("-p and --api-socket need ferry's own network, not --net %s", f.mode)
+	}
+	st, err := sandbox.Resumed()
+	if err != nil {
+		return 0, err
+	}
+	if st != nil {
+		return runResumed(ctx, c, f, st, log)
 	}
 	if c.spawn.Net == spawn.NetJoin {
 		if c.spawn.Join.PID != 0 {
@@ -178,6 +194,13 @@ func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (
 		}
 	}
 	c.spawn.Stdin, c.spawn.Stdout, c.spawn.Stderr = os.Stdin, os.Stdout, os.Stderr
+	sandboxed := c.userNet && !f.noSandbox
+	if sandboxed {
+		// The command dies with the thread that started it
+		// (PR_SET_PDEATHSIG): start it from the thread that executes
+		// stage 2, which lives on as the process's main thread.
+		runtime.LockOSThread()
+	}
 
 	// Signals for the command are passed on from now on.
 	sigs := make(chan os.Signal, 8)
@@ -194,6 +217,13 @@ func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (
 			child.Kill()
 			return 0, err
 		}
+		if sandboxed {
+			ac := &attachConfig{net: c.net, target: target, tapFD: -1, readyFD: -1, exitFD: -1,
+				sandbox: true, seccomp: true, lenient: true, runChild: child}
+			err := enterSandbox(ctx, ac, &f.publish, log) // returns on failure only
+			child.Kill()
+			return 1, err
+		}
 		n, err := startNetwork(ctx, target, c.net, log)
 		if err != nil {
 			child.Kill()
@@ -207,13 +237,52 @@ func runRun(ctx context.Context, f *runFlags, args []string, log *slog.Logger) (
 		}
 		defer pub.Close()
 	}
-	if err := child.Release(); err != nil {
+	// The command runs; ferry now only relays traffic and signals: refuse
+	// it every syscall it no longer needs (the command is not affected).
+	return releaseAndWait(child, sigs, !f.noSandbox, log)
+}
+
+// runResumed is stage 2 of a sandboxed `ferry run`: the network on what
+// stage 1 handed over, then the command.
+func runResumed(ctx context.Context, c *runConfig, f *runFlags, st *sandbox.State, log *slog.Logger) (int, error) {
+	if st.RunPID == 0 {
+		return 0, errors.New("sandbox: no command handed over by stage 1")
+	}
+	child, err := spawn.Resume(st.RunPID, st.RunReleaseFD)
+	if err != nil {
+		return 0, err
+	}
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	n, _, err := startResumed(ctx, st, c.net, log)
+	if err != nil {
 		child.Kill()
 		return 0, err
 	}
-	// The command runs; ferry now only relays traffic and signals: refuse
-	// it every syscall it no longer needs (the command is not affected).
-	if !f.noSandbox {
+	defer n.Close()
+	stopPublishing, err := publishOn(ctx, n, &f.publish, st, log)
+	if err != nil {
+		child.Kill()
+		return 0, err
+	}
+	defer stopPublishing()
+	sandbox.Probe(log, st.APIDirFD)                // a test-only hook, off unless asked for
+	return releaseAndWait(child, sigs, false, log) // seccomp is on already
+}
+
+// releaseAndWait lets the command run, installing ferry's seccomp filter
+// first when withSeccomp says so, passes sigs on to it, and returns its
+// exit status. A command that ended before it was released (its init
+// failed, and said why) gives its own status.
+func releaseAndWait(child *spawn.Child, sigs <-chan os.Signal, withSeccomp bool, log *slog.Logger) (int, error) {
+	if err := child.Release(); err != nil {
+		if code, werr := child.Wait(); werr == nil && code != 0 {
+			return code, nil
+		}
+		return 0, err
+	}
+	if withSeccomp {
 		if err := sandbox.InstallSeccomp(); err != nil {
 			log.Warn("running without seccomp", "err", err)
 		}
