@@ -118,40 +118,34 @@ func (e *env) measureOnce(t tool, hostPort int, c config) (map[string]float64, [
 		}
 	}
 	if c.does("udp") {
-		// UDP guest -> host loopback at a fixed offered rate.
-		c0 := cpuSeconds(hp)
-		out, err := e.run("iperf3 udp", e.inGuest(in.guest, "iperf3", "-u", "-c", in.gw, "-p", strconv.Itoa(hostIperfPort),
-			"-b", c.UDPRate, "-l", strconv.Itoa(c.UDPLen), "-t", secs, "-J"), time.Duration(c.Secs+30)*time.Second)
-		cpu := cpuSeconds(hp) - c0
-		if err == nil {
-			var recvMbps, loss, gb float64
-			if recvMbps, loss, gb, err = parseIperfUDP(out); err == nil {
-				m[mUDP], m[mUDPLoss] = recvMbps, loss
-				if gb > 0 && hp != 0 {
-					m[mUDPCPU] = cpu / gb
+		// UDP guest -> host loopback at a fixed offered rate, then the
+		// same host -> guest: the guest's iperf3 asks (-R) and the host's
+		// sends back through the flow the guest opened.
+		for _, dir := range []struct {
+			name                 string
+			flags                []string
+			mbps, loss, cpuPerGB string
+		}{
+			{"udp", []string{"-u"}, mUDP, mUDPLoss, mUDPCPU},
+			{"udp -R", []string{"-u", "-R"}, mUDPIn, mUDPInLoss, mUDPInCPU},
+		} {
+			c0 := cpuSeconds(hp)
+			argv := append(append([]string{"iperf3"}, dir.flags...), "-c", in.gw, "-p", strconv.Itoa(hostIperfPort),
+				"-b", c.UDPRate, "-l", strconv.Itoa(c.UDPLen), "-t", secs, "-J")
+			out, err := e.run("iperf3 "+dir.name, e.inGuest(in.guest, argv...), time.Duration(c.Secs+30)*time.Second)
+			cpu := cpuSeconds(hp) - c0
+			if err == nil {
+				var recvMbps, loss, gb float64
+				if recvMbps, loss, gb, err = parseIperfUDP(out); err == nil {
+					m[dir.mbps], m[dir.loss] = recvMbps, loss
+					if gb > 0 && hp != 0 {
+						m[dir.cpuPerGB] = cpu / gb
+					}
 				}
 			}
-		}
-		if err != nil {
-			fail("udp", err)
-		}
-		// The same host -> guest: the guest's iperf3 asks (-R) and the
-		// host's sends back through the flow the guest opened.
-		c0 = cpuSeconds(hp)
-		out, err = e.run("iperf3 udp -R", e.inGuest(in.guest, "iperf3", "-u", "-R", "-c", in.gw, "-p", strconv.Itoa(hostIperfPort),
-			"-b", c.UDPRate, "-l", strconv.Itoa(c.UDPLen), "-t", secs, "-J"), time.Duration(c.Secs+30)*time.Second)
-		cpu = cpuSeconds(hp) - c0
-		if err == nil {
-			var recvMbps, loss, gb float64
-			if recvMbps, loss, gb, err = parseIperfUDP(out); err == nil {
-				m[mUDPIn], m[mUDPInLoss] = recvMbps, loss
-				if gb > 0 && hp != 0 {
-					m[mUDPInCPU] = cpu / gb
-				}
+			if err != nil {
+				fail(dir.name, err)
 			}
-		}
-		if err != nil {
-			fail("udp -R", err)
 		}
 	}
 

@@ -65,10 +65,12 @@ func TestRunExitStatus(t *testing.T) {
 	}
 }
 
-func TestRunPassesSignals(t *testing.T) {
-	w := newWorld(t, time.Minute)
-	args := w.ferryRunArgs("--", "sh", "-c", `trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done`)
-	cmd := exec.CommandContext(w.ctx, args[0], args[1:]...)
+// startRun starts `ferry run` with args as the test user and returns it
+// with a scanner of its standard output.
+func startRun(t *testing.T, w *world, args ...string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	argv := w.ferryRunArgs(args...)
+	cmd := exec.CommandContext(w.ctx, argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +79,12 @@ func TestRunPassesSignals(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	lines := bufio.NewScanner(out)
+	return cmd, bufio.NewScanner(out)
+}
+
+func TestRunPassesSignals(t *testing.T) {
+	w := newWorld(t, time.Minute)
+	cmd, lines := startRun(t, w, "--", "sh", "-c", `trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done`)
 	if !lines.Scan() || lines.Text() != "ready" {
 		t.Fatalf("command did not start: %q", lines.Text())
 	}
@@ -87,7 +94,7 @@ func TestRunPassesSignals(t *testing.T) {
 	if !lines.Scan() || lines.Text() != "got-term" {
 		t.Errorf("command printed %q after SIGTERM to ferry, want got-term", lines.Text())
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 42 {
 		t.Errorf("ferry run exited with %v, want the command's status 42", err)
 	}
@@ -257,17 +264,7 @@ func TestRunSeccomp(t *testing.T) {
 func TestRunKilled(t *testing.T) {
 	w := newWorld(t, time.Minute)
 	for _, mode := range [][]string{nil, {"--no-sandbox"}} {
-		args := w.ferryRunArgs(append(mode, "--", "sh", "-c", `echo $$; while :; do sleep 0.1; done`)...)
-		cmd := exec.CommandContext(w.ctx, args[0], args[1:]...)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		lines := bufio.NewScanner(out)
+		cmd, lines := startRun(t, w, append(mode, "--", "sh", "-c", `echo $$; while :; do sleep 0.1; done`)...)
 		if !lines.Scan() {
 			t.Fatalf("%v: command did not start", mode)
 		}
