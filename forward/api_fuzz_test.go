@@ -48,6 +48,8 @@ func (p *bookPublisher) Remove(id int) error {
 
 func (p *bookPublisher) Close() error { return nil }
 
+func (p *bookPublisher) Stats() forward.Stats { return forward.Stats{} }
+
 // FuzzAPIHandle feeds arbitrary requests to the API handler: it must never
 // panic, and every reply is one JSON object that fits podman's 2048-byte
 // read, either an error in slirp4netns's shape or a success.

@@ -59,6 +59,8 @@ type Publisher interface {
 	List() []Forward
 	Remove(id int) error
 	Close() error
+	// Stats counts what the published ports carry.
+	Stats() Stats
 }
 
 // ErrNotFound is returned by Remove for an unknown ID.

@@ -3,10 +3,12 @@ package forward
 import (
 	"context"
 	"errors"
+	"io"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrynet/ferry/stack"
@@ -39,10 +41,11 @@ func NewKernel(d NamespaceDialer, guest netip.Addr, opts Options) *Userspace {
 
 // SpliceTCP copies both ways between two kernel TCP sockets until both
 // directions have ended, passing each half-close on (CloseWrite), then
-// closes both. Go copies between *net.TCPConn with splice(2) through a
+// closes both, counting the bytes written into a and into b in intoA and
+// intoB as they go. Go copies between *net.TCPConn with splice(2) through a
 // pipe, so the bytes stay in the kernel. An error either way (a reset)
 // resets both connections; ctx ending closes both.
-func SpliceTCP(ctx context.Context, a, b *net.TCPConn) {
+func SpliceTCP(ctx context.Context, a, b *net.TCPConn, intoA, intoB *atomic.Uint64) {
 	var once sync.Once
 	abort := func(reset bool) {
 		once.Do(func() {
@@ -56,22 +59,34 @@ func SpliceTCP(ctx context.Context, a, b *net.TCPConn) {
 	}
 	stop := context.AfterFunc(ctx, func() { abort(false) })
 	defer stop()
-	pipe := func(dst, src *net.TCPConn) {
-		if _, err := dst.ReadFrom(src); err != nil {
-			abort(!errors.Is(err, net.ErrClosed))
-			return
+	pipe := func(dst, src *net.TCPConn, n *atomic.Uint64) {
+		// In chunks, so that the count moves while a long flow runs; a
+		// chunk is still one splice loop in the kernel's pipe.
+		for {
+			w, err := dst.ReadFrom(io.LimitReader(src, spliceChunk))
+			n.Add(uint64(w))
+			if err != nil {
+				abort(!errors.Is(err, net.ErrClosed))
+				return
+			}
+			if w < spliceChunk {
+				break // src's EOF
+			}
 		}
 		dst.CloseWrite()
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pipe(a, b)
+		pipe(a, b, intoA)
 	}()
-	pipe(b, a)
+	pipe(b, a, intoB)
 	<-done
 	abort(false)
 }
+
+// spliceChunk is how many bytes SpliceTCP moves between two counts.
+const spliceChunk = 4 << 20
 
 // kernelGuest is the Guest of kernel mode: it dials through the namespace
 // dialer, and forwards to the guest's address go to 127.0.0.1 inside.

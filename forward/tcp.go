@@ -49,9 +49,11 @@ func (u *Userspace) proxyTCP(ctx context.Context, client *net.TCPConn, dst netip
 		client.Close()
 		return
 	}
+	u.tcpConns.Add(1)
+	defer u.tcpConns.Add(-1)
 	if g, ok := guest.(*net.TCPConn); ok {
-		SpliceTCP(ctx, client, g) // kernel mode: both are kernel sockets
+		SpliceTCP(ctx, client, g, &u.bytesOut, &u.bytesIn) // kernel mode: both are kernel sockets
 		return
 	}
-	stack.Proxy(ctx, client, guest)
+	stack.ProxyCounted(ctx, client, guest, &u.bytesOut, &u.bytesIn)
 }

@@ -69,8 +69,10 @@ func (u *Userspace) serveUDP(ctx context.Context, p *published, log *slog.Logger
 			f.last.Store(time.Now().UnixNano())
 			flows[client] = f
 			wg.Add(1)
+			u.udpFlows.Add(1)
 			go func() {
 				defer wg.Done()
+				defer u.udpFlows.Add(-1)
 				u.udpReplies(host, f, client)
 				mu.Lock()
 				if flows[client] == f {
@@ -82,7 +84,9 @@ func (u *Userspace) serveUDP(ctx context.Context, p *published, log *slog.Logger
 		}
 		mu.Unlock()
 		f.last.Store(time.Now().UnixNano())
-		if _, err := f.guest.Write(buf[:n]); err != nil {
+		w, err := f.guest.Write(buf[:n])
+		u.bytesIn.Add(uint64(w))
+		if err != nil {
 			log.Debug("udp write into the guest", "client", client, "err", err)
 		}
 	}
@@ -103,7 +107,8 @@ func (u *Userspace) udpReplies(host *net.UDPConn, f *udpFlow, client netip.AddrP
 			return
 		}
 		f.last.Store(time.Now().UnixNano())
-		host.WriteToUDPAddrPort(buf[:n], client)
+		w, _ := host.WriteToUDPAddrPort(buf[:n], client)
+		u.bytesOut.Add(uint64(w))
 	}
 }
 

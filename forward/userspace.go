@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrynet/ferry/portspec"
@@ -73,9 +74,28 @@ type Userspace struct {
 	nextID int
 	fwds   []*published // in ID order
 	closed bool
+
+	tcpConns, udpFlows atomic.Int64
+	bytesIn, bytesOut  atomic.Uint64
 }
 
 var _ Publisher = (*Userspace)(nil)
+
+// Stats counts what a publisher carries: connections and UDP clients open
+// now, and bytes into the guest and back out to the clients (as they go;
+// a connection spliced kernel to kernel counts per 4 MiB and when each
+// direction ends).
+type Stats struct {
+	TCPConns int64  `json:"tcp_conns"`
+	UDPFlows int64  `json:"udp_flows"`
+	BytesIn  uint64 `json:"bytes_in"`  // clients to the guest
+	BytesOut uint64 `json:"bytes_out"` // the guest to its clients
+}
+
+// Stats returns a snapshot of u's counters.
+func (u *Userspace) Stats() Stats {
+	return Stats{TCPConns: u.tcpConns.Load(), UDPFlows: u.udpFlows.Load(), BytesIn: u.bytesIn.Load(), BytesOut: u.bytesOut.Load()}
+}
 
 // published is one Forward being served.
 type published struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -161,6 +162,12 @@ type HalfConn interface {
 // ended, carrying each half-close across, then closes both. An error in
 // either direction, or ctx ending, closes both at once.
 func Proxy(ctx context.Context, a, b HalfConn) { proxyTCP(ctx, a, b) }
+
+// ProxyCounted is Proxy counting the bytes written into a and into b in
+// intoA and intoB as they go.
+func ProxyCounted(ctx context.Context, a, b HalfConn, intoA, intoB *atomic.Uint64) {
+	proxyTCP(ctx, countedConn{a, intoA}, countedConn{b, intoB})
+}
 
 // sourceFor returns the source address a connection into the guest uses:
 // src when it is a usable address of the destination's family outside the

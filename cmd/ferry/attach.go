@@ -321,7 +321,7 @@ func publishOn(ctx context.Context, n *network, pf *publishFlags, st *sandbox.St
 	}
 	plog := log.With("component", "publish")
 	h := forward.NewAPI(pub.pub, n.stack.Network().Guest, plog)
-	h.SetStats(func() any { return n.stack.Stats() })
+	h.SetStats(pub.stats(n))
 	api, err := sandbox.ServeAPI(st.APIFD, st.APIDirFD, st.APIName, h, plog)
 	if err != nil {
 		pub.Close()

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ferrynet/ferry/forward"
+	"github.com/ferrynet/ferry/stack"
 	"github.com/ferrynet/ferry/portspec"
 )
 
@@ -65,7 +66,7 @@ func startPublishing(ctx context.Context, n *network, f *publishFlags, log *slog
 			p.Close()
 			return nil, err
 		}
-		p.api.SetStats(func() any { return n.stack.Stats() })
+		p.api.SetStats(p.stats(n))
 	}
 	return p, nil
 }
@@ -76,4 +77,15 @@ func (p *publishing) Close() {
 		p.api.Close()
 	}
 	p.pub.Close()
+}
+
+// stats returns what the API's stats command answers: the stack's counters
+// (flows the guest opened) with the published ports' under "published".
+func (p *publishing) stats(n *network) func() any {
+	return func() any {
+		return struct {
+			stack.Stats
+			Published forward.Stats `json:"published"`
+		}{n.stack.Stats(), p.pub.Stats()}
+	}
 }

@@ -43,6 +43,7 @@ func Run(t *testing.T, h Harness) {
 		{"InUseKeepsEarlier", testInUseKeepsEarlier},
 		{"RemoveClosesConnections", testRemoveClosesConnections},
 		{"UDP", testUDP},
+		{"Stats", testStats},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })
@@ -313,5 +314,70 @@ func testUDP(t *testing.T, h Harness) {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// testStats checks the publisher's counters: a TCP connection open while it
+// is, and its bytes each way once it ended (the guest's answer is "PEER
+// LINE\n"), then a UDP client's flow and its echoed bytes.
+func testStats(t *testing.T, h Harness) {
+	p := newPub(t, h)
+	if got := p.Stats(); got != (forward.Stats{}) {
+		t.Fatalf("fresh publisher: stats %+v, want zeros", got)
+	}
+	tp := h.ServeGuest(t, portspec.TCP)
+	fs := add(t, p, fmt.Sprintf("127.0.0.1::%d", tp))
+	c, err := net.DialTimeout("tcp", fs[0].Host(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line := strings.Repeat("x", 100_000)
+	fmt.Fprintf(c, "%s\n", line)
+	answer, err := bufio.NewReaderSize(c, 1<<20).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStats(t, p, "TCP connection open", func(s forward.Stats) bool { return s.TCPConns == 1 })
+	c.Close()
+	// Bytes count by the end of each direction at the latest (kernel mode
+	// counts per chunk of a splice).
+	waitStats(t, p, "TCP connection closed", func(s forward.Stats) bool {
+		return s.TCPConns == 0 && s.BytesIn == uint64(len(line)+1) && s.BytesOut == uint64(len(answer))
+	})
+
+	up := h.ServeGuest(t, portspec.UDP)
+	fs = add(t, p, fmt.Sprintf("127.0.0.1::%d/udp", up))
+	u, err := net.Dial("udp", fs[0].Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	before := p.Stats()
+	buf := make([]byte, 1500)
+	for try := 0; ; try++ {
+		u.Write([]byte("datagram"))
+		u.SetReadDeadline(time.Now().Add(time.Second))
+		if n, err := u.Read(buf); err == nil && string(buf[:n]) == "datagram" {
+			break
+		}
+		if try == 2 {
+			t.Fatal("no UDP echo")
+		}
+	}
+	waitStats(t, p, "UDP flow", func(s forward.Stats) bool {
+		return s.UDPFlows == 1 && s.BytesIn > before.BytesIn && s.BytesOut >= before.BytesOut+uint64(len("datagram"))
+	})
+}
+
+// waitStats waits up to 5 s for p's stats to satisfy ok.
+func waitStats(t *testing.T, p forward.Publisher, what string, ok func(forward.Stats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok(p.Stats()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: stats %+v", what, p.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
