@@ -3,8 +3,8 @@ package forward
 import (
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"

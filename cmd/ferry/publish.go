@@ -8,8 +8,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ferrynet/ferry/forward"
-	"github.com/ferrynet/ferry/stack"
 	"github.com/ferrynet/ferry/portspec"
+	"github.com/ferrynet/ferry/stack"
 )
 
 // publishFlags are the port publishing flags of attach and run.
