@@ -389,17 +389,10 @@ func (p *socketPayload) ready() bool {
 	if p.drained {
 		// Most likely nothing more waits: one peek tells, and parks.
 		p.drained = false
-		var b [1]byte
-		m, _, err := unix.Recvfrom(p.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		switch {
-		case err == unix.EAGAIN:
+		if p.peekEmpty() {
 			return false
-		case err == unix.EINTR: // count below
-		case err != nil:
-			p.err = err
-			return true
-		case m == 0:
-			p.eof = true
+		}
+		if p.eof || p.err != nil {
 			return true
 		}
 		// Bytes wait: count them.
@@ -416,22 +409,33 @@ func (p *socketPayload) ready() bool {
 		}
 		if err == nil {
 			// Nothing waits: tell EOF and errors from an empty socket.
-			var b [1]byte
-			m, _, err := unix.Recvfrom(p.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			switch {
-			case err == unix.EAGAIN:
+			if p.peekEmpty() {
 				return false
-			case err == unix.EINTR:
-			case err != nil:
-				p.err = err
-				return true
-			case m == 0:
-				p.eof = true
+			}
+			if p.eof || p.err != nil {
 				return true
 			}
 			// Bytes arrived meanwhile: count them again.
 		}
 	}
+}
+
+// peekEmpty peeks at the socket without waiting and reports whether it is
+// empty; at EOF or an error it notes them in p instead (and reports false,
+// as when bytes wait or the peek was interrupted).
+func (p *socketPayload) peekEmpty() bool {
+	var b [1]byte
+	m, _, err := unix.Recvfrom(p.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	switch {
+	case err == unix.EAGAIN:
+		return true
+	case err == unix.EINTR:
+	case err != nil:
+		p.err = err
+	case m == 0:
+		p.eof = true
+	}
+	return false
 }
 
 // Len implements tcpip.Payloader.

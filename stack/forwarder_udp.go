@@ -300,9 +300,8 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, id s
 	out.drain()                      // what came before the entry
 	if st.udpBatch != nil {
 		// From now on the flow's datagrams may skip the stack (fastUDP).
-		k := udpKey{guest: netip.AddrPortFrom(src, srcPort), dst: netip.AddrPortFrom(addrOf(id.LocalAddress), id.LocalPort)}
-		st.udpFast.add(k, out)
-		defer st.udpFast.remove(k, out)
+		st.udpFast.add(id, out)
+		defer st.udpFast.remove(id, out)
 	}
 
 	bp := udpDatagrams.Get().(*[]byte)

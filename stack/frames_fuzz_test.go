@@ -69,9 +69,9 @@ func FuzzFrames(f *testing.F) {
 		f.Fatal(err)
 	}
 	var last atomic.Int64
-	st.udpFast.add(udpKey{
-		guest: netip.MustParseAddrPort("10.0.2.100:12345"),
-		dst:   netip.MustParseAddrPort("192.0.2.1:53"),
+	st.udpFast.add(stack.TransportEndpointID{ // the UDP seed's flow
+		LocalPort: 53, LocalAddress: tcpip.AddrFrom4([4]byte{192, 0, 2, 1}),
+		RemotePort: 12345, RemoteAddress: tcpip.AddrFrom4([4]byte{10, 0, 2, 100}),
 	}, &udpOut{host: rc, last: &last, moved: &st.counters.bytesOut, fail: func() {}, batch: st.udpBatch})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) == 0 {

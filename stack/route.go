@@ -13,11 +13,6 @@ import (
 // not be dialed.
 func (st *Stack) hostAddr(dst tcpip.Address) (addr netip.Addr, ok bool) {
 	a, _ := netip.AddrFromSlice(dst.AsSlice())
-	return st.hostAddrOf(a)
-}
-
-// hostAddrOf is hostAddr for a netip.Addr.
-func (st *Stack) hostAddrOf(a netip.Addr) (addr netip.Addr, ok bool) {
 	n := st.cfg.Network
 	switch {
 	case a == n.Gateway:

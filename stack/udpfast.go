@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"net/netip"
 	"sync"
 	"time"
 
@@ -10,40 +9,35 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// udpKey names a UDP flow by the guest's socket and the destination it
-// sends to, as the guest sees them.
-type udpKey struct {
-	guest, dst netip.AddrPort
-}
-
 // udpFlows holds the open UDP flows whose datagrams from the guest may
-// bypass the stack (see Stack.fastUDP).
+// bypass the stack (see Stack.fastUDP), by their endpoint ID in the stack
+// (local: the destination the guest sent to; remote: the guest's socket).
 type udpFlows struct {
 	mu sync.RWMutex
-	m  map[udpKey]*udpOut
+	m  map[stack.TransportEndpointID]*udpOut
 }
 
-func (f *udpFlows) add(k udpKey, u *udpOut) {
+func (f *udpFlows) add(id stack.TransportEndpointID, u *udpOut) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.m == nil {
-		f.m = make(map[udpKey]*udpOut)
+		f.m = make(map[stack.TransportEndpointID]*udpOut)
 	}
-	f.m[k] = u
+	f.m[id] = u
 }
 
-func (f *udpFlows) remove(k udpKey, u *udpOut) {
+func (f *udpFlows) remove(id stack.TransportEndpointID, u *udpOut) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.m[k] == u {
-		delete(f.m, k)
+	if f.m[id] == u {
+		delete(f.m, id)
 	}
 }
 
-func (f *udpFlows) lookup(k udpKey) *udpOut {
+func (f *udpFlows) lookup(id stack.TransportEndpointID) *udpOut {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.m[k]
+	return f.m[id]
 }
 
 // fastUDP takes a datagram from the guest to a UDP flow that is open, and
@@ -61,59 +55,35 @@ func (st *Stack) fastUDP(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuf
 	if st.udpBatch == nil {
 		return false
 	}
-	data := pkt.Data()
-	var (
-		k       udpKey
-		udp     header.UDP
-		maxUDP  int
-		headLen int
-	)
-	switch proto {
-	case header.IPv4ProtocolNumber:
-		headLen = header.IPv4MinimumSize
-		b, ok := data.PullUp(headLen + header.UDPMinimumSize)
-		if !ok {
-			return false
-		}
-		ip := header.IPv4(b)
-		if b[0] != 0x45 || ip.Protocol() != uint8(header.UDPProtocolNumber) || ip.More() || ip.FragmentOffset() != 0 {
-			return false
-		}
-		total := int(ip.TotalLength())
-		if total < headLen+header.UDPMinimumSize || total > data.Size() || !ip.IsChecksumValid() {
-			return false
-		}
-		maxUDP = total - headLen
-		udp = header.UDP(b[headLen:])
-		k.guest = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[12:16])), udp.SourcePort())
-		k.dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), udp.DestinationPort())
-	case header.IPv6ProtocolNumber:
-		headLen = header.IPv6MinimumSize
-		b, ok := data.PullUp(headLen + header.UDPMinimumSize)
-		if !ok {
-			return false
-		}
-		ip := header.IPv6(b)
-		if ip.NextHeader() != uint8(header.UDPProtocolNumber) {
-			return false
-		}
-		maxUDP = int(ip.PayloadLength())
-		if maxUDP < header.UDPMinimumSize || headLen+maxUDP > data.Size() {
-			return false
-		}
-		udp = header.UDP(b[headLen:])
-		k.guest = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])), udp.SourcePort())
-		k.dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[24:40])), udp.DestinationPort())
-	default:
+	id, udp, ok := transportID(proto, pkt, header.UDPProtocolNumber, header.UDPMinimumSize)
+	if !ok {
 		return false
 	}
-	n := int(udp.Length())
-	if n < header.UDPMinimumSize || n > maxUDP {
+	// transportID pulled the IP and UDP headers up: these views are free.
+	data := pkt.Data()
+	var headLen, maxUDP int
+	switch proto {
+	case header.IPv4ProtocolNumber:
+		b, _ := data.PullUp(header.IPv4MinimumSize)
+		ip := header.IPv4(b)
+		if b[0] != 0x45 || !ip.IsChecksumValid() { // version 4, no options
+			return false
+		}
+		headLen, maxUDP = header.IPv4MinimumSize, int(ip.TotalLength())-header.IPv4MinimumSize
+	default: // IPv6, without extension headers
+		b, _ := data.PullUp(header.IPv6MinimumSize)
+		if b[0]>>4 != 6 {
+			return false
+		}
+		headLen, maxUDP = header.IPv6MinimumSize, int(header.IPv6(b).PayloadLength())
+	}
+	n := int(header.UDP(udp).Length())
+	if n < header.UDPMinimumSize || n > maxUDP || headLen+maxUDP > data.Size() {
 		return false // the stack drops it, and counts it
 	}
-	u := st.udpFast.lookup(k)
+	u := st.udpFast.lookup(id)
 	if u == nil {
-		return st.dropUndialable(proto, k)
+		return st.dropUndialable(proto, id)
 	}
 	b, ok := data.PullUp(headLen + n)
 	if !ok {
@@ -130,15 +100,9 @@ func (st *Stack) fastUDP(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuf
 // stack's UDP forwarder would drop it silently too; here it is counted
 // (no-destination). Datagrams to the stack's own sockets (DNS, DHCP) go
 // on. It reports whether it dropped the datagram.
-func (st *Stack) dropUndialable(proto tcpip.NetworkProtocolNumber, k udpKey) bool {
-	if _, ok := st.hostAddrOf(k.dst.Addr()); ok {
+func (st *Stack) dropUndialable(proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID) bool {
+	if _, ok := st.hostAddr(id.LocalAddress); ok {
 		return false
-	}
-	id := stack.TransportEndpointID{
-		LocalPort:     k.dst.Port(),
-		LocalAddress:  tcpip.AddrFromSlice(k.dst.Addr().AsSlice()),
-		RemotePort:    k.guest.Port(),
-		RemoteAddress: tcpip.AddrFromSlice(k.guest.Addr().AsSlice()),
 	}
 	if st.s.FindTransportEndpoint(proto, header.UDPProtocolNumber, id, nicID) != nil {
 		return false

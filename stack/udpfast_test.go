@@ -139,7 +139,10 @@ func TestUDPFastPath(t *testing.T) {
 			if got := recvAll(t, srv, 1); len(got) != 1 || got[0] != "open" {
 				t.Fatalf("first datagram: got %q", got)
 			}
-			k := udpKey{guest: g.src, dst: g.dst}
+			k := stack.TransportEndpointID{
+				LocalPort: g.dst.Port(), LocalAddress: tcpip.AddrFromSlice(g.dst.Addr().AsSlice()),
+				RemotePort: g.src.Port(), RemoteAddress: tcpip.AddrFromSlice(g.src.Addr().AsSlice()),
+			}
 			for deadline := time.Now().Add(5 * time.Second); st.udpFast.lookup(k) == nil; time.Sleep(time.Millisecond) {
 				if time.Now().After(deadline) {
 					t.Fatal("the flow never joined the fast path")
