@@ -506,3 +506,43 @@ func (e *env) makeHost() error {
 	}
 	return nil
 }
+
+// launchScript waits for a line on stdin, then becomes the helper.
+const launchScript = `read -r _ && exec "$@"`
+
+// launch starts argv as the bench user in the host namespace and returns
+// the moment it was let go. The setup (`ip netns exec`, setpriv) is paid
+// before that moment by a shell that then waits on its stdin: a start
+// time measured from it is the helper's own, from its exec on.
+func (e *env) launch(name string, argv []string, extra []*os.File) (*proc, time.Time, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	defer w.Close()
+	p, err := e.start(name, e.asUser(append([]string{"/bin/sh", "-c", launchScript, "launch"}, argv...)...), extra, nil, r)
+	r.Close()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	// The shell waits in read(2) on fd 0: /proc/PID/syscall names it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.pid()))
+		sc, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", p.pid()))
+		if strings.TrimSpace(string(comm)) == "sh" && strings.HasPrefix(string(sc), "0 0x0 ") {
+			break
+		}
+		if !p.alive() || time.Now().After(deadline) {
+			p.kill()
+			return nil, time.Time{}, fmt.Errorf("%s: launcher not waiting: %q", name, p.stderrString())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t0 := time.Now()
+	if _, err := w.Write([]byte("\n")); err != nil {
+		p.kill()
+		return nil, time.Time{}, fmt.Errorf("%s: release launcher: %w", name, err)
+	}
+	return p, t0, nil
+}

@@ -38,8 +38,8 @@ func (e *env) kernelModeRow(t tool, run, hostPort int, c config, m map[string]fl
 	}
 	in := &instance{e: e, t: t, guest: g, hostPort: hostPort, gw: "10.0.2.2", listen: "127.0.0.1"}
 	defer in.close()
-	if err := in.startWithReadyFD(e.asUser(e.ferry, "attach", "-c", "-m", strconv.Itoa(t.MTU), "-r", "3", "--port-driver=kernel",
-		"-p", fmt.Sprintf("127.0.0.1:%d:%d", hostPort, guestPort), strconv.Itoa(g.pid()), "tap0")); err != nil {
+	if err := in.startWithReadyFD(e.ferry, "attach", "-c", "-m", strconv.Itoa(t.MTU), "-r", "3", "--port-driver=kernel",
+		"-p", fmt.Sprintf("127.0.0.1:%d:%d", hostPort, guestPort), strconv.Itoa(g.pid()), "tap0"); err != nil {
 		fail("start", err)
 		return problems
 	}

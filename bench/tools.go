@@ -109,12 +109,12 @@ func (e *env) startInstance(t tool, hostPort int) (*instance, error) {
 	mtu := strconv.Itoa(t.MTU)
 	switch t.Kind {
 	case "ferry":
-		err = in.startWithReadyFD(e.asUser(e.ferry, "attach", "-c", "-m", mtu, "-r", "3",
-			"-p", fmt.Sprintf("127.0.0.1:%d:%d", hostPort, guestPort), gpid, "tap0"))
+		err = in.startWithReadyFD(e.ferry, "attach", "-c", "-m", mtu, "-r", "3",
+			"-p", fmt.Sprintf("127.0.0.1:%d:%d", hostPort, guestPort), gpid, "tap0")
 	case "slirp4netns":
 		sock := filepath.Join(e.rundir, fmt.Sprintf("slirp-%d.sock", hostPort))
-		err = in.startWithReadyFD(e.asUser("slirp4netns", "--configure", "--mtu="+mtu, "--ready-fd=3",
-			"--api-socket", sock, gpid, "tap0"))
+		err = in.startWithReadyFD("slirp4netns", "--configure", "--mtu="+mtu, "--ready-fd=3",
+			"--api-socket", sock, gpid, "tap0")
 		if err == nil {
 			err = slirpAddHostfwd(sock, hostPort, guestPort)
 		}
@@ -136,14 +136,16 @@ func (e *env) startInstance(t tool, hostPort int) (*instance, error) {
 	return in, nil
 }
 
-func (in *instance) startWithReadyFD(argv []string) error {
+// startWithReadyFD launches the helper argv (run as the bench user in the
+// host namespace) with a ready-fd as fd 3 and waits for it.
+func (in *instance) startWithReadyFD(argv ...string) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	t0 := time.Now()
-	in.helper, err = in.e.start(in.t.Name, argv, []*os.File{w}, nil, nil)
+	var t0 time.Time
+	in.helper, t0, err = in.e.launch(in.t.Name, argv, []*os.File{w})
 	w.Close()
 	if err != nil {
 		return err
@@ -160,10 +162,12 @@ func (in *instance) startWithReadyFD(argv []string) error {
 func (in *instance) startPasta(gpid string) error {
 	pidfile := filepath.Join(in.e.rundir, fmt.Sprintf("pasta-%d.pid", in.hostPort))
 	os.Remove(pidfile)
-	t0 := time.Now()
-	var err error
-	in.helper, err = in.e.start(in.t.Name, in.e.asUser("pasta", "--config-net", "-f", "-q", "-P", pidfile,
-		"-t", fmt.Sprintf("%d:%d", in.hostPort, guestPort), "-T", "none", "-U", "none", "-u", "none", gpid), nil, nil, nil)
+	var (
+		t0  time.Time
+		err error
+	)
+	in.helper, t0, err = in.e.launch(in.t.Name, []string{"pasta", "--config-net", "-f", "-q", "-P", pidfile,
+		"-t", fmt.Sprintf("%d:%d", in.hostPort, guestPort), "-T", "none", "-U", "none", "-u", "none", gpid}, nil)
 	if err != nil {
 		return err
 	}
