@@ -207,8 +207,10 @@ func (e *env) start(name string, argv []string, extra []*os.File, stdout io.Writ
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME=" + e.home, "USER=" + e.user, "LOGNAME=" + e.user, "LANG=C"}
-	if v := os.Getenv("FERRY_DEBUG_PPROF"); v != "" {
-		cmd.Env = append(cmd.Env, "FERRY_DEBUG_PPROF="+v) // profiling ferry under load
+	for _, k := range []string{"FERRY_DEBUG_PPROF", "GOMAXPROCS"} { // profiling, tuning
+		if v := os.Getenv(k); v != "" {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
 	}
 	cmd.Dir = "/"
 	cmd.ExtraFiles = extra

@@ -99,9 +99,10 @@ type Stack struct {
 	closers   []func() error // DNS listeners
 	closeMu   sync.Once
 	counters  counters
-	hostAddrs map[netip.Addr]bool // for Fence.DenyHost
-	udpBatch  *udpBatch           // nil unless the link reports its bursts
-	udpFast   udpFlows            // flows whose datagrams skip the stack
+	hostAddrs map[netip.Addr]bool   // for Fence.DenyHost
+	udpBatch  *udpBatch             // nil unless the link reports its bursts
+	udpFast   udpFlows              // flows whose datagrams skip the stack
+	guestPin  stack.AddressEndpoint // see pinGuestSource; nil without IPv4
 }
 
 // burstHooker is a link endpoint that reports the end of each burst of
@@ -201,6 +202,11 @@ func (st *Stack) setup() error {
 		}
 	}
 	s.SetRouteTable(routes)
+	pin, err := pinGuestSource(s, n.Guest)
+	if err != nil {
+		return err
+	}
+	st.guestPin = pin
 
 	tcpFwd := tcp.NewForwarder(s, 0, st.cfg.MaxInFlightSYNs, st.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, st.guard(tcpFwd.HandlePacket))
