@@ -43,45 +43,63 @@ func rawRead(t *testing.T, c *net.TCPConn, f func(fd uintptr) bool) {
 	}
 }
 
-// TestSocketPayload reads a socket the way the stack's endpoint does:
-// exactly the bytes waiting, then EOF once the peer closes.
+// TestSocketPayload reads a socket the way copySocketToEndpoint does, in
+// one rc.Read that parks when fill finds the socket empty: exactly the
+// bytes sent, in pieces of every size around the read-ahead buffer's and
+// with pauses between them (a park that lost a wake-up would run into the
+// deadline), then EOF once the peer closes.
 func TestSocketPayload(t *testing.T) {
 	a, b := tcpPair(t)
-	want := bytes.Repeat([]byte("ferry"), 40000)
+	var want []byte
+	for i, size := range []int{1, 5, headSize - 1, headSize, headSize + 1, 3 * headSize, 100000, 7, 250000, 1} {
+		want = append(want, bytes.Repeat([]byte{byte('a' + i)}, size)...)
+	}
 	go func() {
-		a.Write(want)
+		for off, i := 0, 0; off < len(want); i++ {
+			n := min(len(want)-off, []int{1, 5, headSize - 1, headSize, headSize + 1, 3 * headSize, 100000, 7, 250000, 1}[i%10])
+			a.Write(want[off : off+n])
+			off += n
+			if i%2 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
 		a.CloseWrite()
 	}()
 	var (
 		p   socketPayload
 		got []byte
 	)
-	for !p.eof {
-		rawRead(t, b, func(fd uintptr) bool {
-			p.fd = int(fd)
-			if !p.ready() {
+	defer p.release()
+	rawRead(t, b, func(fd uintptr) bool {
+		p.fd = int(fd)
+		for {
+			if !p.fill() {
 				return false
 			}
-			if p.eof {
+			if p.eof || p.err != nil {
 				return true
 			}
 			if p.Len() <= 0 {
-				t.Fatalf("ready with nothing to read")
+				t.Fatalf("filled with nothing to read")
 			}
 			chunk, err := io.ReadAll(io.LimitReader(&p, int64(p.Len())))
 			if err != nil {
 				t.Fatal(err)
 			}
 			got = append(got, chunk...)
-			p.drained = p.left == 0
-			return true
-		})
-		if p.err != nil {
-			t.Fatal(p.err)
+			if p.Len() != 0 || p.headBuf != nil {
+				t.Fatalf("after reading all it knew of: %d bytes left, head buffer held %v", p.Len(), p.headBuf != nil)
+			}
 		}
+	})
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	if !p.eof {
+		t.Fatal("no EOF")
 	}
 	if !bytes.Equal(got, want) {
-		t.Fatalf("read %d bytes, want %d", len(got), len(want))
+		t.Fatalf("read %d bytes, want %d (equal: %v)", len(got), len(want), bytes.Equal(got, want))
 	}
 }
 

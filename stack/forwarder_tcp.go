@@ -324,6 +324,13 @@ func copyFromSocket(dst io.Writer, src *net.TCPConn) error {
 // endpoint reads the socket itself into its send buffer (socketPayload), one
 // copy instead of two through a buffer of ours, and idle flows hold no
 // buffer. counter, when not nil, counts the bytes moved.
+//
+// The copy reads the socket until it is empty (EAGAIN) or closed before it
+// parks, as the poller's edge-triggered readiness needs; the read that
+// finds it empty comes after the bytes went to the endpoint, off their
+// path. A small message so leaves after one read (fill), where counting
+// the bytes first (SIOCINQ) took two. The whole copy runs in one rc.Read
+// callback, so that the poller's state is set up once per flow.
 func copySocketToEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, src *net.TCPConn, counter *atomic.Uint64) error {
 	rc, err := src.SyscallConn()
 	if err != nil {
@@ -332,120 +339,138 @@ func copySocketToEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, src *net.TCPConn,
 	var (
 		p    socketPayload
 		werr tcpip.Error
-		n    int64
 	)
-	write := func(fd uintptr) bool {
+	defer p.release()
+	err = rc.Read(func(fd uintptr) bool {
 		p.fd = int(fd)
-		if !p.ready() {
-			return false // park until readable
-		}
-		if p.eof || p.err != nil {
-			return true
-		}
-		n, werr = ep.Write(&p, tcpip.WriteOptions{})
-		p.drained = p.left == 0
-		return true
-	}
-	for {
-		werr, n = nil, 0
-		if err := rc.Read(write); err != nil {
-			return err
-		}
-		if counter != nil && n > 0 {
-			counter.Add(uint64(n))
-		}
-		switch {
-		case p.err != nil:
-			return &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", p.err)}
-		case p.eof:
-			return nil
-		case werr == nil:
-			continue
-		}
-		if _, ok := werr.(*tcpip.ErrWouldBlock); !ok {
-			return errors.New(werr.String())
-		}
-		// The send buffer is full: wait for room, a hang-up or an error.
-		waitEndpoint(ep, wq, waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
-	}
-}
-
-// socketPayload is a tcpip.Payloader reading a host socket: the bytes it
-// holds (FIONREAD), read straight into the endpoint's buffer.
-type socketPayload struct {
-	fd      int
-	left    int   // bytes known to be waiting in the socket
-	eof     bool  // the peer closed its side
-	err     error // the socket failed
-	drained bool  // the last write took every byte that waited
-}
-
-// ready reports whether the socket has something to act on (bytes, EOF or
-// an error), learning how many bytes wait.
-func (p *socketPayload) ready() bool {
-	if p.eof || p.err != nil {
-		return true
-	}
-	if p.drained {
-		// Most likely nothing more waits: one peek tells, and parks.
-		p.drained = false
-		if p.peekEmpty() {
-			return false
-		}
-		if p.eof || p.err != nil {
-			return true
-		}
-		// Bytes wait: count them.
-	}
-	for {
-		n, err := unix.IoctlGetInt(p.fd, unix.SIOCINQ)
-		if err == nil && n > 0 {
-			p.left = n
-			return true
-		}
-		if err != nil && err != unix.EINTR {
-			p.err = err
-			return true
-		}
-		if err == nil {
-			// Nothing waits: tell EOF and errors from an empty socket.
-			if p.peekEmpty() {
-				return false
+		for {
+			if !p.fill() {
+				return false // empty: park until readable
 			}
 			if p.eof || p.err != nil {
 				return true
 			}
-			// Bytes arrived meanwhile: count them again.
+			n, e := ep.Write(&p, tcpip.WriteOptions{})
+			if counter != nil && n > 0 {
+				counter.Add(uint64(n))
+			}
+			switch e.(type) {
+			case nil:
+				// Written, all or some: fill reads again once all is.
+			case *tcpip.ErrWouldBlock:
+				// The send buffer is full: wait for room, a hang-up or
+				// an error.
+				waitEndpoint(ep, wq, waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
+			default:
+				werr = e
+				return true
+			}
 		}
+	})
+	switch {
+	case err != nil:
+		return err
+	case p.err != nil:
+		return &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", p.err)}
+	case werr != nil:
+		return errors.New(werr.String())
+	}
+	return nil // EOF
+}
+
+// headSize is how much socketPayload reads before it knows how many bytes
+// wait: a small message (a request, an answer) whole in one read, where
+// asking the socket for its count (SIOCINQ) first would take two.
+const headSize = 2 << 10
+
+var headBufs = sync.Pool{New: func() any { b := make([]byte, headSize); return &b }}
+
+// socketPayload is a tcpip.Payloader reading a host socket: the bytes it
+// read ahead (head), then those it knows wait in the socket (left), read
+// straight into the endpoint's buffer.
+type socketPayload struct {
+	fd      int
+	head    []byte  // bytes read ahead, served first
+	headBuf *[]byte // head's pooled buffer, while it holds one
+	left    int     // bytes known to wait in the socket after head
+	eof     bool    // the peer closed its side
+	err     error   // the socket failed
+}
+
+// fill reads ahead what waits in the socket, without waiting, unless
+// bytes are still known to wait: up to headSize into a pooled buffer and,
+// when that fills, counts the rest (SIOCINQ). It reports whether there is
+// something to act on (bytes, EOF or an error); false means the socket was
+// empty.
+func (p *socketPayload) fill() bool {
+	if p.eof || p.err != nil || p.Len() > 0 {
+		return true
+	}
+	bp := headBufs.Get().(*[]byte)
+	for {
+		n, err := unix.Read(p.fd, *bp)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			headBufs.Put(bp)
+			return false
+		case err != nil:
+			p.err = err
+		case n == 0:
+			p.eof = true
+		default:
+			p.head, p.headBuf = (*bp)[:n], bp
+			if n == len(*bp) {
+				p.count()
+			}
+			return true
+		}
+		headBufs.Put(bp)
+		return true
 	}
 }
 
-// peekEmpty peeks at the socket without waiting and reports whether it is
-// empty; at EOF or an error it notes them in p instead (and reports false,
-// as when bytes wait or the peek was interrupted).
-func (p *socketPayload) peekEmpty() bool {
-	var b [1]byte
-	m, _, err := unix.Recvfrom(p.fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	switch {
-	case err == unix.EAGAIN:
-		return true
-	case err == unix.EINTR:
-	case err != nil:
-		p.err = err
-	case m == 0:
-		p.eof = true
+// count learns how many bytes wait in the socket. A failure leaves left
+// at zero: the next read meets the error again.
+func (p *socketPayload) count() {
+	for {
+		n, err := unix.IoctlGetInt(p.fd, unix.SIOCINQ)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == nil {
+			p.left = n
+		}
+		return
 	}
-	return false
+}
+
+// release returns the head buffer, if one is held.
+func (p *socketPayload) release() {
+	if p.headBuf != nil {
+		headBufs.Put(p.headBuf)
+		p.head, p.headBuf = nil, nil
+	}
 }
 
 // Len implements tcpip.Payloader.
-func (p *socketPayload) Len() int { return p.left }
+func (p *socketPayload) Len() int { return len(p.head) + p.left }
 
-// Read implements io.Reader for the endpoint: at most the bytes known to
-// wait, so that it never blocks; io.EOF once they are read.
+// Read implements io.Reader for the endpoint: the bytes read ahead, then at
+// most the bytes known to wait, so that it never blocks; io.EOF once they
+// are read.
 func (p *socketPayload) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if len(p.head) > 0 {
+		n := copy(b, p.head)
+		p.head = p.head[n:]
+		if len(p.head) == 0 {
+			p.release()
+		}
+		return n, nil
 	}
 	if p.left <= 0 {
 		return 0, io.EOF
