@@ -329,8 +329,9 @@ func copyFromSocket(dst io.Writer, src *net.TCPConn) error {
 // parks, as the poller's edge-triggered readiness needs; the read that
 // finds it empty comes after the bytes went to the endpoint, off their
 // path. A small message so leaves after one read (fill), where counting
-// the bytes first (SIOCINQ) took two. The whole copy runs in one rc.Read
-// callback, so that the poller's state is set up once per flow.
+// the bytes first (SIOCINQ) took two. It waits for room in the endpoint
+// outside rc.Read: closing the socket waits for an rc.Read callback to
+// return, and the other direction closes the socket before the endpoint.
 func copySocketToEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, src *net.TCPConn, counter *atomic.Uint64) error {
 	rc, err := src.SyscallConn()
 	if err != nil {
@@ -339,9 +340,10 @@ func copySocketToEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, src *net.TCPConn,
 	var (
 		p    socketPayload
 		werr tcpip.Error
+		full bool // the endpoint's send buffer is full
 	)
 	defer p.release()
-	err = rc.Read(func(fd uintptr) bool {
+	copyReady := func(fd uintptr) bool {
 		p.fd = int(fd)
 		for {
 			if !p.fill() {
@@ -358,24 +360,30 @@ func copySocketToEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, src *net.TCPConn,
 			case nil:
 				// Written, all or some: fill reads again once all is.
 			case *tcpip.ErrWouldBlock:
-				// The send buffer is full: wait for room, a hang-up or
-				// an error.
-				waitEndpoint(ep, wq, waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
+				full = true
+				return true
 			default:
 				werr = e
 				return true
 			}
 		}
-	})
-	switch {
-	case err != nil:
-		return err
-	case p.err != nil:
-		return &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", p.err)}
-	case werr != nil:
-		return errors.New(werr.String())
 	}
-	return nil // EOF
+	for {
+		full = false
+		err := rc.Read(copyReady)
+		switch {
+		case err != nil:
+			return err
+		case p.err != nil:
+			return &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", p.err)}
+		case werr != nil:
+			return errors.New(werr.String())
+		case !full:
+			return nil // EOF
+		}
+		// Wait for room, a hang-up or an error.
+		waitEndpoint(ep, wq, waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
+	}
 }
 
 // headSize is how much socketPayload reads before it knows how many bytes
