@@ -304,6 +304,7 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, id s
 		defer st.udpFast.remove(id, out)
 	}
 
+	reply := newUDPReply(st, id)
 	bp := udpDatagrams.Get().(*[]byte)
 	defer udpDatagrams.Put(bp)
 	buf := *bp
@@ -328,6 +329,10 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, id s
 			st.counters.udpUnanswered.Add(-1)
 			idle = st.cfg.UDPIdleTimeout
 			host.SetReadDeadline(time.Now().Add(idle))
+		}
+		if reply.write(buf[:n]) {
+			st.counters.bytesIn.Add(uint64(n))
+			continue
 		}
 		w, err := guest.Write(buf[:n])
 		st.counters.bytesIn.Add(uint64(w))
