@@ -149,4 +149,3 @@ func TestUDPReplyResolve(t *testing.T) {
 		t.Fatalf("guest's link address %q, want %q", r.mac, mac)
 	}
 }
-
