@@ -305,15 +305,14 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, id s
 	}
 
 	reply := newUDPReply(st, id)
-	bp := udpDatagrams.Get().(*[]byte)
-	defer udpDatagrams.Put(bp)
-	buf := *bp
+	var in udpIn
+	defer in.release()
 	// The deadline is moved once per idle period, not per datagram:
 	// resetting a timer for every datagram costs more than the copy.
 	host.SetReadDeadline(time.Now().Add(idle))
+flow:
 	for {
-		n, err := host.Read(buf)
-		if err != nil {
+		if err := in.read(rc); err != nil {
 			if lastActive := time.Unix(0, last.Load()); isTimeout(err) && time.Since(lastActive) < idle {
 				host.SetReadDeadline(lastActive.Add(idle)) // traffic since: not idle yet
 				continue
@@ -330,14 +329,16 @@ func (st *Stack) runUDP(wq *waiter.Queue, ep tcpip.Endpoint, target string, id s
 			idle = st.cfg.UDPIdleTimeout
 			host.SetReadDeadline(time.Now().Add(idle))
 		}
-		if reply.write(buf[:n]) {
-			st.counters.bytesIn.Add(uint64(n))
-			continue
-		}
-		w, err := guest.Write(buf[:n])
-		st.counters.bytesIn.Add(uint64(w))
-		if err != nil && !isTransient(err) {
-			break
+		for _, d := range in.dgrams {
+			if reply.write(d) {
+				st.counters.bytesIn.Add(uint64(len(d)))
+				continue
+			}
+			w, err := guest.Write(d)
+			st.counters.bytesIn.Add(uint64(w))
+			if err != nil && !isTransient(err) {
+				break flow
+			}
 		}
 	}
 	log.Debug("flow closed")
