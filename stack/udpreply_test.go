@@ -80,7 +80,7 @@ func TestUDPReply(t *testing.T) {
 						fragments++
 						continue
 					}
-					if ip.TransportProtocol() != header.UDPProtocolNumber {
+					if ip.NextHeader() != uint8(header.UDPProtocolNumber) {
 						continue // ICMPv6: Router Advertisements
 					}
 					src, dst, udp = ip.SourceAddress(), ip.DestinationAddress(), header.UDP(ip.Payload())
