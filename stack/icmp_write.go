@@ -17,25 +17,14 @@ import (
 // for what gVisor does not originate: echo replies relayed from the host,
 // errors, and Router Advertisements.
 func (st *Stack) writeICMP(linkDst tcpip.LinkAddress, src, dst netip.Addr, ttl uint8, msg []byte) {
-	var b []byte
-	var proto tcpip.NetworkProtocolNumber
+	s, d := tcpip.AddrFromSlice(src.AsSlice()), tcpip.AddrFromSlice(dst.AsSlice())
+	proto := header.ICMPv4ProtocolNumber
 	if src.Is4() {
 		h := header.ICMPv4(msg)
 		h.SetChecksum(0)
 		h.SetChecksum(^checksum.Checksum(msg, 0))
-		b = make([]byte, header.IPv4MinimumSize+len(msg))
-		ip := header.IPv4(b)
-		ip.Encode(&header.IPv4Fields{
-			TotalLength: uint16(len(b)),
-			TTL:         ttl,
-			Protocol:    uint8(header.ICMPv4ProtocolNumber),
-			SrcAddr:     tcpip.AddrFrom4(src.As4()),
-			DstAddr:     tcpip.AddrFrom4(dst.As4()),
-		})
-		ip.SetChecksum(^ip.CalculateChecksum())
-		proto = ipv4.ProtocolNumber
 	} else {
-		s, d := tcpip.AddrFrom16(src.As16()), tcpip.AddrFrom16(dst.As16())
+		proto = header.ICMPv6ProtocolNumber
 		h := header.ICMPv6(msg)
 		h.SetChecksum(0)
 		h.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
@@ -45,18 +34,46 @@ func (st *Stack) writeICMP(linkDst tcpip.LinkAddress, src, dst netip.Addr, ttl u
 			PayloadCsum: 0,
 			PayloadLen:  0,
 		}))
-		b = make([]byte, header.IPv6MinimumSize+len(msg))
-		header.IPv6(b).Encode(&header.IPv6Fields{
-			PayloadLength:     uint16(len(msg)),
-			TransportProtocol: header.ICMPv6ProtocolNumber,
-			HopLimit:          ttl,
-			SrcAddr:           s,
-			DstAddr:           d,
-		})
-		proto = ipv6.ProtocolNumber
 	}
+	b := make([]byte, ipHeaderLen(s)+len(msg))
+	netProto := putIPHeader(b, proto, s, d, ttl)
 	copy(b[len(b)-len(msg):], msg)
-	if err := st.s.WritePacketToRemote(nicID, linkDst, proto, buffer.MakeWithData(b)); err != nil {
+	if err := st.s.WritePacketToRemote(nicID, linkDst, netProto, buffer.MakeWithData(b)); err != nil {
 		st.log.Debug("write ICMP to the guest", "to", dst, "err", err)
 	}
+}
+
+// ipHeaderLen is the length of the IP header putIPHeader writes for a
+// packet from src: IPv4's or IPv6's, without options.
+func ipHeaderLen(src tcpip.Address) int {
+	if src.BitLen() == 128 {
+		return header.IPv6MinimumSize
+	}
+	return header.IPv4MinimumSize
+}
+
+// putIPHeader writes at the start of b, a whole packet, the IPv4 (src and
+// dst IPv4) or IPv6 header of a packet carrying proto from src to dst with
+// the given TTL or hop limit, and returns the packet's network protocol.
+func putIPHeader(b []byte, proto tcpip.TransportProtocolNumber, src, dst tcpip.Address, ttl uint8) tcpip.NetworkProtocolNumber {
+	if src.BitLen() == 128 {
+		header.IPv6(b).Encode(&header.IPv6Fields{
+			PayloadLength:     uint16(len(b) - header.IPv6MinimumSize),
+			TransportProtocol: proto,
+			HopLimit:          ttl,
+			SrcAddr:           src,
+			DstAddr:           dst,
+		})
+		return ipv6.ProtocolNumber
+	}
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)),
+		TTL:         ttl,
+		Protocol:    uint8(proto),
+		SrcAddr:     src,
+		DstAddr:     dst,
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	return ipv4.ProtocolNumber
 }

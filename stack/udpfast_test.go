@@ -87,6 +87,37 @@ func (g *udpGuest) send(b []byte) {
 	pkt.DecRef()
 }
 
+// openUDPFlow starts a stack on a burstLink, a UDP server on the host's
+// loopback (IPv4 or IPv6) and, through the stack, a flow to it from a guest
+// socket; it returns them and the loopback address. Cleanup closes them.
+func openUDPFlow(t *testing.T, v6 bool) (*Stack, *burstLink, *net.UDPConn, *udpGuest, netip.Addr) {
+	t.Helper()
+	loop := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	n := NewNetwork(netip.MustParsePrefix(DefaultCIDR)).WithIPv6(netip.MustParsePrefix(DefaultCIDR6))
+	guest, gw := n.Guest, n.Gateway
+	if v6 {
+		loop, guest, gw = netip.IPv6Loopback(), n.Guest6, n.Gateway6
+	}
+	srv, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loop, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	link := &burstLink{Endpoint: channel.New(1024, 1500, "\x52\x55\x0a\x00\x02\x02")}
+	st, err := New(Config{Link: link, Network: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	g := &udpGuest{link: link, src: netip.AddrPortFrom(guest, 40000), dst: netip.AddrPortFrom(gw, srv.LocalAddr().(*net.UDPAddr).AddrPort().Port())}
+	g.send(g.frame("open", nil)) // opens the flow, through the stack
+	link.endBurst()
+	if got := recvAll(t, srv, 1); len(got) != 1 || got[0] != "open" {
+		t.Fatalf("first datagram: got %q", got)
+	}
+	return st, link, srv, g, loop
+}
+
 // recvAll reads datagrams from c until want have come or a second passes
 // with none.
 func recvAll(t *testing.T, c *net.UDPConn, want int) []string {
@@ -115,30 +146,7 @@ func recvAll(t *testing.T, c *net.UDPConn, want int) []string {
 func TestUDPFastPath(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		t.Run(map[bool]string{false: "IPv4", true: "IPv6"}[v6], func(t *testing.T) {
-			loop := netip.AddrFrom4([4]byte{127, 0, 0, 1})
-			n := NewNetwork(netip.MustParsePrefix(DefaultCIDR)).WithIPv6(netip.MustParsePrefix(DefaultCIDR6))
-			guest, gw := n.Guest, n.Gateway
-			if v6 {
-				loop, guest, gw = netip.IPv6Loopback(), n.Guest6, n.Gateway6
-			}
-			srv, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loop, 0)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
-			link := &burstLink{Endpoint: channel.New(1024, 1500, "\x52\x55\x0a\x00\x02\x02")}
-			st, err := New(Config{Link: link, Network: n})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			g := &udpGuest{link: link, src: netip.AddrPortFrom(guest, 40000), dst: netip.AddrPortFrom(gw, srv.LocalAddr().(*net.UDPAddr).AddrPort().Port())}
-
-			g.send(g.frame("open", nil)) // opens the flow, through the stack
-			link.endBurst()
-			if got := recvAll(t, srv, 1); len(got) != 1 || got[0] != "open" {
-				t.Fatalf("first datagram: got %q", got)
-			}
+			st, link, srv, g, loop := openUDPFlow(t, v6)
 			k := stack.TransportEndpointID{
 				LocalPort: g.dst.Port(), LocalAddress: tcpip.AddrFromSlice(g.dst.Addr().AsSlice()),
 				RemotePort: g.src.Port(), RemoteAddress: tcpip.AddrFromSlice(g.src.Addr().AsSlice()),

@@ -46,10 +46,8 @@ func newUDPReply(st *Stack, id stack.TransportEndpointID) *udpReply {
 // write sends payload to the guest and reports whether it took it; false
 // leaves it to the stack's endpoint.
 func (r *udpReply) write(payload []byte) bool {
-	ipLen := header.IPv4MinimumSize
-	if r.proto == ipv6.ProtocolNumber {
-		ipLen = header.IPv6MinimumSize
-	}
+	src, dst := r.id.LocalAddress, r.id.RemoteAddress
+	ipLen := ipHeaderLen(src)
 	size := ipLen + header.UDPMinimumSize + len(payload)
 	if size > r.mtu || size > buffer.MaxChunkSize {
 		return false // needs fragments: the stack makes them
@@ -63,7 +61,6 @@ func (r *udpReply) write(payload []byte) bool {
 	u := header.UDP(b[ipLen:])
 	u.Encode(&header.UDPFields{SrcPort: r.id.LocalPort, DstPort: r.id.RemotePort, Length: udpLen})
 	copy(u.Payload(), payload)
-	src, dst := r.id.LocalAddress, r.id.RemoteAddress
 	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, udpLen)
 	xsum = checksum.Checksum(payload, xsum)
 	if c := ^u.CalculateChecksum(xsum); c != 0 {
@@ -71,26 +68,7 @@ func (r *udpReply) write(payload []byte) bool {
 	} else {
 		u.SetChecksum(0xffff) // zero means "no checksum"
 	}
-	if ipLen == header.IPv4MinimumSize {
-		ip := header.IPv4(b)
-		ip.Encode(&header.IPv4Fields{
-			TotalLength: uint16(size),
-			Flags:       header.IPv4FlagDontFragment,
-			TTL:         64,
-			Protocol:    uint8(header.UDPProtocolNumber),
-			SrcAddr:     src,
-			DstAddr:     dst,
-		})
-		ip.SetChecksum(^ip.CalculateChecksum())
-	} else {
-		header.IPv6(b).Encode(&header.IPv6Fields{
-			PayloadLength:     udpLen,
-			TransportProtocol: header.UDPProtocolNumber,
-			HopLimit:          64,
-			SrcAddr:           src,
-			DstAddr:           dst,
-		})
-	}
+	putIPHeader(b, header.UDPProtocolNumber, src, dst, 64)
 	if err := r.st.s.WritePacketToRemote(nicID, r.mac, r.proto, buffer.MakeWithView(v)); err != nil {
 		r.st.log.Debug("write UDP to the guest", "to", dst, "err", err)
 	}

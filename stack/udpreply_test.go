@@ -3,7 +3,6 @@ package stack
 import (
 	"bytes"
 	"context"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -23,29 +22,8 @@ import (
 func TestUDPReply(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		t.Run(map[bool]string{false: "IPv4", true: "IPv6"}[v6], func(t *testing.T) {
-			loop := netip.AddrFrom4([4]byte{127, 0, 0, 1})
-			n := NewNetwork(netip.MustParsePrefix(DefaultCIDR)).WithIPv6(netip.MustParsePrefix(DefaultCIDR6))
-			guest, gw := n.Guest, n.Gateway
-			if v6 {
-				loop, guest, gw = netip.IPv6Loopback(), n.Guest6, n.Gateway6
-			}
-			srv, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loop, 0)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
-			link := &burstLink{Endpoint: channel.New(1024, 1500, "\x52\x55\x0a\x00\x02\x02")}
-			st, err := New(Config{Link: link, Network: n})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			g := &udpGuest{link: link, src: netip.AddrPortFrom(guest, 40000), dst: netip.AddrPortFrom(gw, srv.LocalAddr().(*net.UDPAddr).AddrPort().Port())}
-			g.send(g.frame("open", nil))
-			link.endBurst()
-			if got := recvAll(t, srv, 1); len(got) != 1 || got[0] != "open" {
-				t.Fatalf("first datagram: got %q", got)
-			}
+			st, link, srv, g, loop := openUDPFlow(t, v6)
+			guest, gw := g.src.Addr(), g.dst.Addr()
 			to := netip.AddrPortFrom(loop, recvFrom(t, srv, g))
 
 			sent := st.s.Stats().UDP.PacketsSent.Value()
