@@ -175,7 +175,7 @@ func (u *udpOut) send(dgrams [][]byte) {
 	}
 }
 
-// mmsghdr is struct mmsghdr of sendmmsg(2).
+// mmsghdr is struct mmsghdr of sendmmsg(2) and recvmmsg(2).
 type mmsghdr struct {
 	hdr unix.Msghdr
 	len uint32
