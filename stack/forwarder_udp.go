@@ -322,13 +322,15 @@ flow:
 			}
 			break
 		}
-		last.Store(time.Now().UnixNano())
+		now := time.Now()
+		last.Store(now.UnixNano())
 		if !answered {
 			answered = true
 			st.counters.udpUnanswered.Add(-1)
 			idle = st.cfg.UDPIdleTimeout
-			host.SetReadDeadline(time.Now().Add(idle))
+			host.SetReadDeadline(now.Add(idle))
 		}
+		reply.resolve(now) // once a batch, not a datagram
 		for _, d := range in.dgrams {
 			if reply.write(d) {
 				st.counters.bytesIn.Add(uint64(len(d)))

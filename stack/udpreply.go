@@ -44,7 +44,8 @@ func newUDPReply(st *Stack, id stack.TransportEndpointID) *udpReply {
 }
 
 // write sends payload to the guest and reports whether it took it; false
-// leaves it to the stack's endpoint.
+// leaves it to the stack's endpoint. The guest's link address is the one
+// the last resolve found.
 func (r *udpReply) write(payload []byte) bool {
 	src, dst := r.id.LocalAddress, r.id.RemoteAddress
 	ipLen := ipHeaderLen(src)
@@ -52,7 +53,7 @@ func (r *udpReply) write(payload []byte) bool {
 	if size > r.mtu || size > buffer.MaxChunkSize {
 		return false // needs fragments: the stack makes them
 	}
-	if r.linked && !r.resolve() {
+	if r.linked && r.mac == "" {
 		return false // the stack resolves it
 	}
 	v := buffer.NewViewSize(size)
@@ -75,11 +76,15 @@ func (r *udpReply) write(payload []byte) bool {
 	return true
 }
 
-// resolve finds the guest's link address in the stack's neighbor table,
-// looking again once udpReplyLookup has passed, and reports whether it is
-// known.
-func (r *udpReply) resolve() bool {
-	if now := time.Now(); r.looked.IsZero() || now.Sub(r.looked) >= udpReplyLookup {
+// resolve finds the guest's link address in the stack's neighbor table
+// for the writes that follow, looking again once udpReplyLookup has passed
+// since the last look (now is the time of the datagrams at hand), and
+// reports whether it is known.
+func (r *udpReply) resolve(now time.Time) bool {
+	if !r.linked {
+		return true
+	}
+	if r.looked.IsZero() || now.Sub(r.looked) >= udpReplyLookup {
 		r.looked = now
 		r.mac = ""
 		entries, err := r.st.s.Neighbors(nicID, r.proto)

@@ -115,15 +115,17 @@ func TestUDPReplyResolve(t *testing.T) {
 	defer st.Close()
 	id := stack.TransportEndpointID{LocalAddress: gatewayIP, LocalPort: 53, RemoteAddress: guestIP, RemotePort: 40000}
 	r := newUDPReply(st, id)
-	if r.write([]byte("x")) {
+	if r.resolve(time.Now()) || r.write([]byte("x")) {
 		t.Fatal("took a datagram for a guest whose link address is unknown")
 	}
 	const mac = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x64")
 	if err := st.s.AddStaticNeighbor(nicID, ipv4.ProtocolNumber, guestIP, mac); err != nil {
 		t.Fatal(err)
 	}
-	r.looked = time.Time{} // look again now
-	if !r.resolve() || r.mac != mac {
+	if r.resolve(time.Now()) {
+		t.Fatal("looked the table up again before udpReplyLookup passed")
+	}
+	if !r.resolve(time.Now().Add(udpReplyLookup)) || r.mac != mac {
 		t.Fatalf("guest's link address %q, want %q", r.mac, mac)
 	}
 }
