@@ -10,10 +10,16 @@ all: build
 
 # -s -w: no symbol table or DWARF (panics and pprof still symbolize from
 # the pclntab); a smaller binary costs ~3 ms less CPU on each of the execs
-# that start ferry attach (the helper's, the sandbox's). GOTAGS=ferry_pprof
-# builds in the profile server of FERRY_DEBUG_PPROF (bench/README.md).
+# that start ferry attach (the helper's, the sandbox's). Linked statically:
+# no dynamic loader and libc to map and relocate at each of those execs
+# (~3 ms each on the bench VM); netgo and osusergo keep name and user
+# lookups in Go, as a static glibc cannot load NSS modules. The integration
+# tests build with the same flags (integration/nstest/build.go).
+# GOTAGS=ferry_pprof builds in the profile server of FERRY_DEBUG_PPROF
+# (bench/README.md).
+BUILDFLAGS = -tags 'netgo osusergo $(GOTAGS)' -ldflags='-s -w -linkmode=external -extldflags=-static'
 build:
-	$(GO) build -tags '$(GOTAGS)' -ldflags='-s -w' -o $(BIN) ./cmd/ferry
+	$(GO) build $(BUILDFLAGS) -o $(BIN) ./cmd/ferry
 
 # The main job with its defaults: a namespace made by an unprivileged user
 # gets a network from `ferry attach`; the demo fetches a page from the host's

@@ -77,7 +77,7 @@ func StartDialer(ctx context.Context, t Target) (*Dialer, error) {
 	}
 	cmd := exec.Command(self)
 	cmd.Args = []string{"ferry-port-dialer"}
-	cmd.Env = append(JoinEnv(t, 0), envSock+"="+strconv.Itoa(helperFD), envDialer+"=1")
+	cmd.Env = append(JoinEnv(t, 0), helperProcs, envSock+"="+strconv.Itoa(helperFD), envDialer+"=1")
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.Stderr = os.Stderr
 	// Its own process group: a terminal's ^C goes to ferry, which then

@@ -35,6 +35,13 @@ const (
 	// envSandboxSignals is "1" when ferry may signal processes outside its
 	// sandbox.
 	envSandboxSignals = "_FERRY_SANDBOX_SIGNALS"
+	// envSandboxProcs is "1" when ExecSandboxed put GOMAXPROCS=1 in the
+	// new image's environment, the caller having none: the image's Go
+	// runtime then starts with the one P that ferry's network runs on
+	// (cmd/ferry's oneProc) instead of sizing itself to the machine and
+	// being shrunk later, which stops the world. SandboxState removes both
+	// variables, so that what ferry runs sees the caller's environment.
+	envSandboxProcs = "_FERRY_SANDBOX_PROCS"
 	// envSandboxFailed is set by the constructor, to the reason, when it
 	// could not build the sandbox and executed ferry again without it.
 	envSandboxFailed = "_FERRY_SANDBOX_FAILED"
@@ -134,6 +141,9 @@ func ExecSandboxed(state []byte, o SandboxOpts) error {
 		usernsVal = "new"
 	}
 	env := append(os.Environ(), envSandbox+"="+string(state), envSandboxUserns+"="+usernsVal)
+	if _, ok := os.LookupEnv("GOMAXPROCS"); !ok {
+		env = append(env, "GOMAXPROCS=1", envSandboxProcs+"=1")
+	}
 	if o.Writable != nil {
 		if !filepath.IsAbs(o.WritablePath) {
 			return fmt.Errorf("sandbox: %q is not an absolute path", o.WritablePath)
@@ -194,7 +204,10 @@ func SandboxState() ([]byte, bool) {
 	report.LandlockABI = int(C.ferry_sandbox_landlock(&note))
 	report.LandlockNote = C.GoString(note)
 	report.Failed = os.Getenv(envSandboxFailed)
-	for _, e := range []string{envSandbox, envSandboxUserns, envSandboxRW, envSandboxRmdir, envSandboxFailed, envSandboxStrict} {
+	if os.Getenv(envSandboxProcs) == "1" {
+		os.Unsetenv("GOMAXPROCS")
+	}
+	for _, e := range []string{envSandbox, envSandboxUserns, envSandboxRW, envSandboxRmdir, envSandboxFailed, envSandboxStrict, envSandboxProcs} {
 		os.Unsetenv(e)
 	}
 	return []byte(v), true

@@ -38,21 +38,23 @@ func mapIDs(pid int) error {
 // mapSubIDs maps the caller and its subordinate ranges with the setuid
 // helpers of the uidmap package.
 func mapSubIDs(pid, uid, gid int) error {
-	u, err := user.LookupId(strconv.Itoa(uid))
+	// Names come from /etc/passwd and /etc/group (ferry is built with
+	// osusergo); a user known only to NSS (LDAP, sssd) is looked up in the
+	// subordinate-ID files by number.
+	var userName, groupName string
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		userName = u.Username
+	}
+	if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
+		groupName = g.Name
+	}
+	subuid, err := subRange("/etc/subuid", userName, uid)
 	if err != nil {
 		return err
 	}
-	g, err := user.LookupGroupId(strconv.Itoa(gid))
+	subgid, err := subRange("/etc/subgid", groupName, gid)
 	if err != nil {
-		return err
-	}
-	subuid, err := subRange("/etc/subuid", u.Username, uid)
-	if err != nil {
-		return err
-	}
-	subgid, err := subRange("/etc/subgid", g.Name, gid)
-	if err != nil {
-		subgid, err = subRange("/etc/subgid", u.Username, uid)
+		subgid, err = subRange("/etc/subgid", userName, uid)
 		if err != nil {
 			return err
 		}
@@ -71,7 +73,7 @@ func mapSubIDs(pid, uid, gid int) error {
 }
 
 // subRange returns the first "start count" range of name (or its numeric
-// ID) in a subordinate-ID file.
+// ID) in a subordinate-ID file; an empty name matches by ID only.
 func subRange(path, name string, id int) ([2]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -81,10 +83,13 @@ func subRange(path, name string, id int) ([2]string, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Split(strings.TrimSpace(sc.Text()), ":")
-		if len(fields) != 3 || (fields[0] != name && fields[0] != strconv.Itoa(id)) {
+		if len(fields) != 3 || !(fields[0] == strconv.Itoa(id) || name != "" && fields[0] == name) {
 			continue
 		}
 		return [2]string{fields[1], fields[2]}, nil
+	}
+	if name == "" {
+		return [2]string{}, fmt.Errorf("%s: no range for ID %d", path, id)
 	}
 	return [2]string{}, fmt.Errorf("%s: no range for %s", path, name)
 }

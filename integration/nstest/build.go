@@ -74,7 +74,8 @@ func ReachableFerry(tb TB, path string) (string, error) {
 	return dst, nil
 }
 
-// BuildFerry runs `go build -o DIR/ferry ./cmd/ferry` in the module that
+// BuildFerry runs `go build -o DIR/ferry ./cmd/ferry` (static, as `make
+// build` does) in the module that
 // contains the working directory, DIR being a new temporary directory that
 // the test user may enter. cleanup removes DIR.
 func BuildFerry(ctx context.Context) (path string, cleanup func(), err error) {
@@ -98,7 +99,10 @@ func BuildFerry(ctx context.Context) (path string, cleanup func(), err error) {
 		return "", nil, fmt.Errorf("build ferry: %w", err)
 	}
 	path = filepath.Join(dir, "ferry")
-	build := []string{"go", "-C", filepath.Dir(gomod), "build", "-o", path, "./cmd/ferry"}
+	// The Makefile's flags (its build target says why), so that the tests
+	// run the binary users get.
+	build := []string{"go", "-C", filepath.Dir(gomod), "build", "-tags", "netgo osusergo",
+		"-ldflags=-s -w -linkmode=external -extldflags=-static", "-o", path, "./cmd/ferry"}
 	if _, err := MustExec(ctx, build...); err != nil {
 		cleanup()
 		return "", nil, fmt.Errorf("build ferry: %w", err)
