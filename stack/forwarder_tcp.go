@@ -128,6 +128,18 @@ func (c countedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// countingWriter counts what it writes to w in n.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Uint64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
 func (c countedConn) waitReadable() error { return waitReadable(c.halfCloser) }
 
 // guestConn is the stack's side of a forwarded flow, with what it takes to
@@ -246,6 +258,16 @@ func copyConn(dst io.Writer, src io.Reader) error {
 		}
 		return copyFromSocket(dst, c)
 	}
+	if c, ok := rawDst.(*net.TCPConn); ok {
+		w, err := newSocketWriter(c)
+		if err != nil {
+			return err
+		}
+		dst = w
+		if counter != nil {
+			dst = countingWriter{w, counter}
+		}
+	}
 	for {
 		if err := waitReadable(src); err != nil {
 			return err
@@ -286,7 +308,7 @@ func copyFromSocket(dst io.Writer, src *net.TCPConn) error {
 		err := rc.Read(func(fd uintptr) bool {
 			bp = copyBufs.Get().(*[]byte)
 			for {
-				n, rerr = unix.Read(int(fd), *bp)
+				n, rerr = readRaw(int(fd), *bp)
 				if rerr != unix.EINTR {
 					break
 				}
@@ -416,7 +438,7 @@ func (p *socketPayload) fill() bool {
 	}
 	bp := headBufs.Get().(*[]byte)
 	for {
-		n, err := unix.Read(p.fd, *bp)
+		n, err := readRaw(p.fd, *bp)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -484,7 +506,7 @@ func (p *socketPayload) Read(b []byte) (int, error) {
 		return 0, io.EOF
 	}
 	for {
-		n, err := unix.Read(p.fd, b[:min(len(b), p.left)])
+		n, err := readRaw(p.fd, b[:min(len(b), p.left)])
 		switch {
 		case err == unix.EINTR:
 			continue

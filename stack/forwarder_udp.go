@@ -143,7 +143,8 @@ func (u *udpOut) send(dgrams [][]byte) {
 		)
 		if err := u.host.Write(func(fd uintptr) bool {
 			for {
-				r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&u.msgs[0])), uintptr(len(u.msgs)), unix.MSG_DONTWAIT, 0, 0)
+				r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, // raw: see readRaw
+					uintptr(unsafe.Pointer(&u.msgs[0])), uintptr(len(u.msgs)), unix.MSG_DONTWAIT, 0, 0)
 				if e == unix.EINTR {
 					continue
 				}

@@ -44,7 +44,8 @@ func (in *udpIn) read(rc syscall.RawConn) error {
 			in.msgs[i].hdr.SetIovlen(1)
 		}
 		for {
-			r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&in.msgs[0])), udpInBatch, unix.MSG_DONTWAIT, 0, 0)
+			r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, // raw: see readRaw
+				uintptr(unsafe.Pointer(&in.msgs[0])), udpInBatch, unix.MSG_DONTWAIT, 0, 0)
 			switch e {
 			case 0:
 				for i := range int(r) {

@@ -216,7 +216,7 @@ func (e *vnetEndpoint) openPoller() syscall.RawConn {
 // frameReader reads frames from the TAP into pooled chunks.
 type frameReader struct {
 	hdr [vnetHdrLen]byte
-	iov [2][]byte
+	iov [2]unix.Iovec
 	v   *buffer.View // kept across empty reads
 }
 
@@ -233,8 +233,9 @@ func (r *frameReader) read(fd int) (*buffer.View, error) {
 	if r.v == nil {
 		r.v = buffer.NewViewSize(maxFrame)
 	}
-	r.iov[0], r.iov[1] = r.hdr[:], r.v.AsSlice()
-	n, err := unix.Readv(fd, r.iov[:])
+	setIovec(&r.iov[0], r.hdr[:])
+	setIovec(&r.iov[1], r.v.AsSlice())
+	n, err := readvRaw(fd, r.iov[:])
 	if err != nil {
 		return nil, err
 	}
@@ -347,15 +348,22 @@ func (e *vnetEndpoint) readLoop(d stack.NetworkDispatcher) {
 // virtio-net header saying how the guest kernel is to segment it and where
 // to put the TCP checksum.
 func (e *vnetEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	var hdr [vnetHdrLen]byte
-	iov := make([][]byte, 0, 8)
-	written := 0
+	var (
+		hdr     [vnetHdrLen]byte
+		iovBuf  [8]unix.Iovec
+		written int
+	)
 	for _, pkt := range pkts.AsSlice() {
 		vnetHeader(hdr[:], pkt)
-		iov = append(iov[:0], hdr[:])
-		iov = append(iov, pkt.AsSlices()...)
+		iov := append(iovBuf[:0], unix.Iovec{})
+		setIovec(&iov[0], hdr[:])
+		for _, b := range pkt.AsSlices() {
+			var v unix.Iovec
+			setIovec(&v, b)
+			iov = append(iov, v)
+		}
 		for {
-			_, err := unix.Writev(e.fd, iov)
+			_, err := writevRaw(e.fd, iov)
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
