@@ -380,14 +380,7 @@ func copySocketToEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, src *net.TCPConn,
 			}
 			switch e.(type) {
 			case nil:
-				// Written, all or some: fill reads again once all is,
-				// unless its read came up short: the socket was empty
-				// then, and what came after that read has set the
-				// poller's readiness (the read was made after rc.Read
-				// reset it), so park at once rather than read EAGAIN.
-				if p.Len() == 0 && p.drained {
-					return false
-				}
+				// Written, all or some: fill reads again once all is.
 			case *tcpip.ErrWouldBlock:
 				full = true
 				return true
@@ -430,7 +423,6 @@ type socketPayload struct {
 	head    []byte  // bytes read ahead, served first
 	headBuf *[]byte // head's pooled buffer, while it holds one
 	left    int     // bytes known to wait in the socket after head
-	drained bool    // fill's last read took all the socket held (it came up short)
 	eof     bool    // the peer closed its side
 	err     error   // the socket failed
 }
@@ -459,8 +451,7 @@ func (p *socketPayload) fill() bool {
 			p.eof = true
 		default:
 			p.head, p.headBuf = (*bp)[:n], bp
-			p.drained = n < len(*bp)
-			if !p.drained {
+			if n == len(*bp) {
 				p.count()
 			}
 			return true
