@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"io"
 	"testing"
 	"time"
 
@@ -14,16 +15,17 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// TestProxyEndsWhileGuestStalls checks that a published port's flow, whose
-// guest has stopped reading while the client keeps sending, ends when its
-// context does: closing the client's socket must not wait for the copy
-// into the guest, which is waiting for room the guest will never make.
-func TestProxyEndsWhileGuestStalls(t *testing.T) {
+// guestFlow returns a connected flow of an in-process gVisor stack (on a
+// loopback link): the forwarder's side, as proxyTCP gets it, and the
+// guest's server's side. Both are closed, and the stack destroyed, at the
+// test's end.
+func guestFlow(t *testing.T) (guestConn, *gonet.TCPConn) {
+	t.Helper()
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 	})
-	defer func() { s.Close(); s.Wait(); s.Destroy() }()
+	t.Cleanup(func() { s.Close(); s.Wait(); s.Destroy() })
 	if err := s.CreateNIC(1, loopback.New()); err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +43,7 @@ func TestProxyEndsWhileGuestStalls(t *testing.T) {
 	go func() {
 		c, err := l.Accept()
 		if err == nil {
-			accepted <- c.(*gonet.TCPConn) // the guest's server: it never reads
+			accepted <- c.(*gonet.TCPConn)
 		}
 	}()
 	wq := new(waiter.Queue)
@@ -62,13 +64,56 @@ func TestProxyEndsWhileGuestStalls(t *testing.T) {
 		t.Fatal(terr)
 	}
 	guest := guestConn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep}
-	defer guest.Close()
+	t.Cleanup(func() { guest.Close() })
 	select {
 	case srv := <-accepted:
-		defer srv.Close()
+		t.Cleanup(func() { srv.Close() })
+		return guest, srv
 	case <-time.After(5 * time.Second):
 		t.Fatal("the guest's server accepted nothing")
 	}
+	return guestConn{}, nil
+}
+
+// TestProxyReplyThenClose checks the copy from a host socket into the
+// guest when the host's side answers and closes at once, as a server that
+// closes first does (the bench's connection-rate test): the answer and the
+// FIN are both waiting when the copy first reads, and the guest must get
+// the answer, then EOF. A copy that parked after a read came up short,
+// taking the socket for empty, never saw the FIN.
+func TestProxyReplyThenClose(t *testing.T) {
+	for i := range 20 {
+		guest, srv := guestFlow(t)
+		peer, host := tcpPair(t)
+		if _, err := peer.Write([]byte("pong")); err != nil {
+			t.Fatal(err)
+		}
+		peer.Close()
+		time.Sleep(5 * time.Millisecond) // both in host's queue before the copy starts
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			proxyTCP(ctx, host, guest)
+		}()
+		srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(srv)
+		if err != nil || string(got) != "pong" {
+			t.Fatalf("flow %d: the guest read %q, %v; want \"pong\" then EOF", i, got, err)
+		}
+		srv.Close()
+		cancel()
+		<-done
+	}
+}
+
+// TestProxyEndsWhileGuestStalls checks that a published port's flow, whose
+// guest has stopped reading while the client keeps sending, ends when its
+// context does: closing the client's socket must not wait for the copy
+// into the guest, which is waiting for room the guest will never make.
+func TestProxyEndsWhileGuestStalls(t *testing.T) {
+	guest, _ := guestFlow(t) // the guest's server never reads
+	ep := guest.ep
 
 	client, host := tcpPair(t)
 	go func() { // the client sends until its socket is closed

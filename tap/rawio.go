@@ -13,16 +13,12 @@ import (
 // TAP does when the guest's receive path runs in it, gets its P handed to
 // another thread, woken with a futex, and the frame's goroutines then
 // move between threads.
-func readvRaw(fd int, iov []unix.Iovec) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
+func readvRaw(fd int, iov []unix.Iovec) (int, error) { return rawIOV(unix.SYS_READV, fd, iov) }
 
-func writevRaw(fd int, iov []unix.Iovec) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+func writevRaw(fd int, iov []unix.Iovec) (int, error) { return rawIOV(unix.SYS_WRITEV, fd, iov) }
+
+func rawIOV(trap uintptr, fd int, iov []unix.Iovec) (int, error) {
+	n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 	if e != 0 {
 		return 0, e
 	}
