@@ -192,7 +192,7 @@ func markdown(r *report) string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("Ready: from the helper's exec (by a shell already in the host namespace as the bench user; `ip netns exec` and setpriv are not counted) to the ready-fd for ferry and slirp4netns, to its pid file (written once set up) for pasta")
+	b.WriteString("Ready: from the helper's exec (by a shell already in the host namespace as the bench user; `ip netns exec` and setpriv are not counted; each start first waits, up to 3 s, for 50 ms with the CPUs at least 85% idle, so that the kernel's teardown of the run before does not land in it) to the ready-fd for ferry and slirp4netns, to its pid file (written once set up) for pasta")
 	if slices.ContainsFunc(r.Tools, func(t tool) bool { return t.Kind == "bridge" }) {
 		b.WriteString("; bridge: the run of `ferry net connect` (veth, address, route, DNAT rules).\n\n" +
 			"bridge is the kernel reference, ferry's privileged path as root: `ferry net create --mtu MTU` (a Linux bridge, iptables NAT) and " +

@@ -106,6 +106,7 @@ func (e *env) startInstance(t tool, hostPort int) (*instance, error) {
 	}
 	in := &instance{e: e, t: t, guest: g, hostPort: hostPort, gw: "10.0.2.2", listen: "127.0.0.1"}
 	gpid := strconv.Itoa(g.pid())
+	settle()
 	mtu := strconv.Itoa(t.MTU)
 	switch t.Kind {
 	case "ferry":
@@ -337,4 +338,45 @@ func debVersion(pkg string) string {
 		return ""
 	}
 	return " (Debian package " + pkg + " " + string(b) + ")"
+}
+
+// settle waits, up to settleMax, until the CPUs have been at least 85% idle
+// for settleWindow, so that the kernel's work of the run before (closing
+// thousands of held connections, deleting namespaces, which it does after
+// the processes are gone) does not land in the next helper's start to
+// ready. Every tool's start waits the same way.
+func settle() {
+	deadline := time.Now().Add(settleMax)
+	busy0, total0 := cpuTicks()
+	for time.Now().Before(deadline) {
+		time.Sleep(settleWindow)
+		busy, total := cpuTicks()
+		if total > total0 && float64(busy-busy0)/float64(total-total0) < 0.15 {
+			return
+		}
+		busy0, total0 = busy, total
+	}
+}
+
+const (
+	settleWindow = 50 * time.Millisecond
+	settleMax    = 3 * time.Second
+)
+
+// cpuTicks returns the busy and total ticks of all CPUs (/proc/stat).
+func cpuTicks() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total
 }
