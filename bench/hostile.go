@@ -35,6 +35,9 @@ const (
 	mHostileFlood = "hostile_flood_gbps" // the same while the guest floods
 	mHostileRSS   = "hostile_rss_mib"    // the helper's RSS after the flood
 	hostileGoal   = 0.80                 // flood over quiet, at least
+	// minHostileQuiet is the least the quiet transfer must make, Gbit/s,
+	// for the ratio to mean anything.
+	minHostileQuiet = 0.1
 )
 
 // floodRate is -flood-rate: SYNs and UDP datagrams a second, each, that
@@ -80,6 +83,11 @@ func (e *env) measureHostile(t tool, hostPort int, c config, m map[string]float6
 	quiet, _, err := e.iperfTCP(hp, iperf, c)
 	if err != nil {
 		fail("quiet", err)
+		return problems
+	}
+	if quiet < minHostileQuiet {
+		// A ratio of two near-zero figures would read as "met".
+		fail("quiet", fmt.Errorf("%.3f Gbit/s alone: the transfer hardly ran", quiet))
 		return problems
 	}
 	m[mHostileQuiet] = quiet
