@@ -14,7 +14,7 @@ all: build
 # no dynamic loader and libc to map and relocate at each of those execs
 # (~3 ms each on the bench VM); netgo and osusergo keep name and user
 # lookups in Go, as a static glibc cannot load NSS modules. The integration
-# tests build with the same flags (integration/nstest/build.go).
+# tests build ferry with this target (integration/nstest/build.go).
 # GOTAGS=ferry_pprof builds in the profile server of FERRY_DEBUG_PPROF
 # (bench/README.md).
 BUILDFLAGS = -tags 'netgo osusergo $(GOTAGS)' -ldflags='-s -w -linkmode=external -extldflags=-static'

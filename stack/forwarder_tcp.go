@@ -128,18 +128,6 @@ func (c countedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// countingWriter counts what it writes to w in n.
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Uint64
-}
-
-func (c countingWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.n.Add(uint64(n))
-	return n, err
-}
-
 func (c countedConn) waitReadable() error { return waitReadable(c.halfCloser) }
 
 // guestConn is the stack's side of a forwarded flow, with what it takes to
@@ -259,14 +247,11 @@ func copyConn(dst io.Writer, src io.Reader) error {
 		return copyFromSocket(dst, c)
 	}
 	if c, ok := rawDst.(*net.TCPConn); ok {
-		w, err := newSocketWriter(c)
+		w, err := newSocketWriter(c, counter) // counts in place of countedConn
 		if err != nil {
 			return err
 		}
 		dst = w
-		if counter != nil {
-			dst = countingWriter{w, counter}
-		}
 	}
 	for {
 		if err := waitReadable(src); err != nil {

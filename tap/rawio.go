@@ -25,12 +25,12 @@ func rawIOV(trap uintptr, fd int, iov []unix.Iovec) (int, error) {
 	return int(n), nil
 }
 
-// setIovec points v at b.
-func setIovec(v *unix.Iovec, b []byte) {
-	if len(b) == 0 {
-		v.Base, v.Len = nil, 0
-		return
+// iovec returns the iovec of b.
+func iovec(b []byte) unix.Iovec {
+	var v unix.Iovec
+	if len(b) > 0 {
+		v.Base = &b[0]
+		v.SetLen(len(b))
 	}
-	v.Base = &b[0]
-	v.SetLen(len(b))
+	return v
 }

@@ -233,8 +233,7 @@ func (r *frameReader) read(fd int) (*buffer.View, error) {
 	if r.v == nil {
 		r.v = buffer.NewViewSize(maxFrame)
 	}
-	setIovec(&r.iov[0], r.hdr[:])
-	setIovec(&r.iov[1], r.v.AsSlice())
+	r.iov[0], r.iov[1] = iovec(r.hdr[:]), iovec(r.v.AsSlice())
 	n, err := readvRaw(fd, r.iov[:])
 	if err != nil {
 		return nil, err
@@ -355,12 +354,9 @@ func (e *vnetEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 	)
 	for _, pkt := range pkts.AsSlice() {
 		vnetHeader(hdr[:], pkt)
-		iov := append(iovBuf[:0], unix.Iovec{})
-		setIovec(&iov[0], hdr[:])
+		iov := append(iovBuf[:0], iovec(hdr[:]))
 		for _, b := range pkt.AsSlices() {
-			var v unix.Iovec
-			setIovec(&v, b)
-			iov = append(iov, v)
+			iov = append(iov, iovec(b))
 		}
 		for {
 			_, err := writevRaw(e.fd, iov)

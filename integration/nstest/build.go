@@ -74,8 +74,7 @@ func ReachableFerry(tb TB, path string) (string, error) {
 	return dst, nil
 }
 
-// BuildFerry runs `go build -o DIR/ferry ./cmd/ferry` (static, as `make
-// build` does) in the module that
+// BuildFerry runs `make build BIN=DIR/ferry` in the module that
 // contains the working directory, DIR being a new temporary directory that
 // the test user may enter. cleanup removes DIR.
 func BuildFerry(ctx context.Context) (path string, cleanup func(), err error) {
@@ -99,10 +98,9 @@ func BuildFerry(ctx context.Context) (path string, cleanup func(), err error) {
 		return "", nil, fmt.Errorf("build ferry: %w", err)
 	}
 	path = filepath.Join(dir, "ferry")
-	// The Makefile's flags (its build target says why), so that the tests
-	// run the binary users get.
-	build := []string{"go", "-C", filepath.Dir(gomod), "build", "-tags", "netgo osusergo",
-		"-ldflags=-s -w -linkmode=external -extldflags=-static", "-o", path, "./cmd/ferry"}
+	// The Makefile's build target, flags and all, so that the tests run
+	// the binary users get.
+	build := []string{"make", "-s", "-C", filepath.Dir(gomod), "build", "BIN=" + path}
 	if _, err := MustExec(ctx, build...); err != nil {
 		cleanup()
 		return "", nil, fmt.Errorf("build ferry: %w", err)
