@@ -36,7 +36,14 @@ const (
 	mHostileQuiet = "hostile_quiet_gbps" // TCP guest -> host, alone
 	mHostileFlood = "hostile_flood_gbps" // the same while the guest floods
 	mHostileRSS   = "hostile_rss_mib"    // the helper's RSS after the flood
-	hostileGoal   = 0.80                 // flood over quiet, at least
+	// The helper's CPU per GB moved, alone and under the flood: what the
+	// flood costs ferry itself.
+	mHostileQuietCPU = "hostile_quiet_cpu_s_per_gb"
+	mHostileFloodCPU = "hostile_flood_cpu_s_per_gb"
+	// The flooder's own CPU, % of a core: on a small machine it is taken
+	// from the transfer's ends.
+	mHostileFlooderCPU = "hostile_flooder_cpu_pct"
+	hostileGoal        = 0.80 // flood over quiet, at least
 	// minHostileQuiet is the least the quiet transfer must make, Gbit/s,
 	// for the ratio to mean anything.
 	minHostileQuiet = 0.1
@@ -82,7 +89,7 @@ func (e *env) measureHostile(t tool, hostPort int, c config, m map[string]float6
 	}
 	hp := in.helper.pid()
 	iperf := e.inGuest(in.guest, "iperf3", "-c", in.gw, "-p", strconv.Itoa(hostIperfPort), "-t", strconv.Itoa(c.Secs), "-J")
-	quiet, _, err := e.iperfTCP(hp, iperf, c)
+	quiet, quietCPU, err := e.iperfTCP(hp, iperf, c)
 	if err != nil {
 		fail("quiet", err)
 		return problems
@@ -93,6 +100,7 @@ func (e *env) measureHostile(t tool, hostPort int, c config, m map[string]float6
 		return problems
 	}
 	m[mHostileQuiet] = quiet
+	m[mHostileQuietCPU] = quietCPU
 
 	// The flooder starts once iperf3's connections are up and stops when
 	// its stdin closes, after iperf3.
@@ -111,7 +119,7 @@ func (e *env) measureHostile(t tool, hostPort int, c config, m map[string]float6
 		fail("flood", err)
 		return problems
 	}
-	flooded, _, err := e.iperfTCP(hp, iperf, c)
+	flooded, floodedCPU, err := e.iperfTCP(hp, iperf, c)
 	stdinW.Close()
 	select {
 	case <-flood.exited:
@@ -123,18 +131,21 @@ func (e *env) measureHostile(t tool, hostPort int, c config, m map[string]float6
 		fail("flood", fmt.Errorf("output %q: %v; stderr: %q", out.Bytes(), jerr, flood.stderrString()))
 	} else if fr.Err != "" {
 		fail("flood", errors.New(fr.Err))
+	} else if fr.Seconds > 0 {
+		m[mHostileFlooderCPU] = 100 * fr.CPU / fr.Seconds
 	}
 	if err != nil {
 		fail("under flood", err)
 	} else {
 		m[mHostileFlood] = flooded
+		m[mHostileFloodCPU] = floodedCPU
 	}
 	m[mHostileRSS] = rssMiB(hp)
 	if !in.helper.alive() {
 		fail("helper", fmt.Errorf("exited under the flood: %v; stderr: %q", in.helper.cmd.ProcessState, in.helper.stderrString()))
 	}
-	fmt.Fprintf(os.Stderr, "bench: hostile %-18s quiet %.2f, under flood %.2f Gbit/s (%.2f); flood sent %d SYN, %d UDP, %d malformed in %.1fs (flooder CPU %.0f%% of a core); rss %.1f MiB\n",
-		t.Name, quiet, flooded, flooded/quiet, fr.SYN, fr.UDP, fr.Bad, fr.Seconds, 100*fr.CPU/max(fr.Seconds, 0.001), m[mHostileRSS])
+	fmt.Fprintf(os.Stderr, "bench: hostile %-18s quiet %.2f, under flood %.2f Gbit/s (%.2f); flood sent %d SYN, %d UDP, %d malformed in %.1fs (flooder CPU %.0f%% of a core); ferry %.2f -> %.2f CPU s/GB; rss %.1f MiB\n",
+		t.Name, quiet, flooded, flooded/quiet, fr.SYN, fr.UDP, fr.Bad, fr.Seconds, m[mHostileFlooderCPU], quietCPU, floodedCPU, m[mHostileRSS])
 	return problems
 }
 
@@ -160,7 +171,7 @@ func hostileMarkdown(r *report) string {
 			fmt.Fprintf(&b, "Hostile guest (issue 9): TCP guest→host alone, then while the guest floods ferry through its TAP with "+
 				"SYNs to 10,000 ports of a dead end, UDP to random addresses of the bench's subnets and malformed frames, "+
 				"%d packets/s of each of the first two and a fifth of that malformed (`bench flood`, in the guest), on a fresh guest and helper; "+
-				"on a small machine the flooder and ferry's work for it share the CPUs with iperf3.\n\n", r.Flood)
+				"on a small machine the flooder and ferry's work for it share the CPUs with iperf3 (the flooder's own CPU and ferry's CPU per GB alone and under the flood are in the table).\n\n", r.Flood)
 		}
 		verdict := "met"
 		if q < hostileGoal {

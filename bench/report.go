@@ -38,6 +38,9 @@ var metrics = []metric{
 	{mHostileQuiet, "hostile row: TCP guest→host alone, Gbit/s", true},
 	{mHostileFlood, "hostile row: the same under the guest's floods, Gbit/s", true},
 	{mHostileRSS, "hostile row: RSS after the floods, MiB", false},
+	{mHostileQuietCPU, "hostile row: CPU s per GB alone", false},
+	{mHostileFloodCPU, "hostile row: CPU s per GB under the floods", false},
+	{mHostileFlooderCPU, "hostile row: the flooder's own CPU, % of a core", false},
 }
 
 // stat is one tool's spread of one metric over the runs.
