@@ -31,7 +31,7 @@ demo: build
 # Every test: static checks, unit tests with the race detector, short fuzz
 # runs, then end-to-end tests in real namespaces (as root, running ferry as
 # an unprivileged user).
-test: lint unit fuzz integration
+test: lint unit fuzz integration bench-quick
 
 unit:
 	$(GO) test -race -count=1 -timeout 5m $$($(GO) list ./... | grep -v /integration)
