@@ -320,19 +320,12 @@ type frameBatch struct {
 	arena  []byte
 	frames [][]byte
 	counts []*int // the result counter of each frame
-	msgs   []mmsghdr
+	msgs   []unix.Mmsghdr
 	iovs   []unix.Iovec
 }
 
-// mmsghdr is struct mmsghdr of sendmmsg(2).
-type mmsghdr struct {
-	hdr unix.Msghdr
-	len uint32
-	_   [4]byte
-}
-
 func newFrameBatch(dstMAC, srcMAC net.HardwareAddr, n int) *frameBatch {
-	b := &frameBatch{arena: make([]byte, 0, n*(14+128)), msgs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n)}
+	b := &frameBatch{arena: make([]byte, 0, n*(14+128)), msgs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, n)}
 	copy(b.eth[0:6], dstMAC)
 	copy(b.eth[6:12], srcMAC)
 	binary.BigEndian.PutUint16(b.eth[12:], unix.ETH_P_IP)
@@ -362,7 +355,7 @@ func (b *frameBatch) send(fd int) (failed int) {
 			f := b.frames[i+k]
 			b.iovs[k] = unix.Iovec{Base: &f[0]}
 			b.iovs[k].SetLen(len(f))
-			b.msgs[k] = mmsghdr{hdr: unix.Msghdr{Iov: &b.iovs[k], Iovlen: 1}}
+			b.msgs[k] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &b.iovs[k], Iovlen: 1}}
 		}
 		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(k), 0, 0, 0)
 		sent := int(r)
