@@ -314,48 +314,44 @@ func flood(dev, gw, src string, waitPort, waitConns int, d time.Duration, rate i
 // frameBatch is one tick's frames, sent with one sendmmsg: the flooder's
 // own CPU, which on a small machine is taken from the transfer it tries to
 // disturb, is then mostly the kernel's work of queueing the frames, not a
-// syscall per frame.
+// syscall per frame. Each message gathers the Ethernet header and a packet.
 type frameBatch struct {
 	eth    [14]byte
-	arena  []byte
-	frames [][]byte
-	counts []*int // the result counter of each frame
+	pkts   [][]byte
+	counts []*int // the result counter of each packet
 	msgs   []unix.Mmsghdr
-	iovs   []unix.Iovec
+	iovs   []unix.Iovec // two per message: eth, then the packet
 }
 
 func newFrameBatch(dstMAC, srcMAC net.HardwareAddr, n int) *frameBatch {
-	b := &frameBatch{arena: make([]byte, 0, n*(14+128)), msgs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, n)}
+	b := &frameBatch{msgs: make([]unix.Mmsghdr, n), iovs: make([]unix.Iovec, 2*n)}
 	copy(b.eth[0:6], dstMAC)
 	copy(b.eth[6:12], srcMAC)
 	binary.BigEndian.PutUint16(b.eth[12:], unix.ETH_P_IP)
 	return b
 }
 
-func (b *frameBatch) reset() {
-	b.arena, b.frames, b.counts = b.arena[:0], b.frames[:0], b.counts[:0]
-}
+func (b *frameBatch) reset() { b.pkts, b.counts = b.pkts[:0], b.counts[:0] }
 
-// add queues an Ethernet frame carrying pkt, counted in *n once sent.
+// add queues a frame carrying pkt, counted in *n once sent.
 func (b *frameBatch) add(pkt []byte, n *int) {
-	off := len(b.arena)
-	b.arena = append(b.arena, b.eth[:]...)
-	b.arena = append(b.arena, pkt...)
-	b.frames = append(b.frames, b.arena[off:len(b.arena):len(b.arena)])
+	b.pkts = append(b.pkts, pkt)
 	b.counts = append(b.counts, n)
 }
 
 // send sends the queued frames, counting each sent one, and returns how
-// many failed. (Frames queued before the arena grew point at its old
-// array, which stays valid.)
+// many failed.
 func (b *frameBatch) send(fd int) (failed int) {
-	for i := 0; i < len(b.frames); {
+	for i := 0; i < len(b.pkts); {
 		k := 0
-		for ; i+k < len(b.frames) && k < len(b.msgs); k++ {
-			f := b.frames[i+k]
-			b.iovs[k] = unix.Iovec{Base: &f[0]}
-			b.iovs[k].SetLen(len(f))
-			b.msgs[k] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &b.iovs[k], Iovlen: 1}}
+		for ; i+k < len(b.pkts) && k < len(b.msgs); k++ {
+			iov := b.iovs[2*k : 2*k+2]
+			iov[0] = unix.Iovec{Base: &b.eth[0]}
+			iov[0].SetLen(len(b.eth))
+			p := b.pkts[i+k]
+			iov[1] = unix.Iovec{Base: &p[0]}
+			iov[1].SetLen(len(p))
+			b.msgs[k] = unix.Mmsghdr{Hdr: unix.Msghdr{Iov: &iov[0], Iovlen: 2}}
 		}
 		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[0])), uintptr(k), 0, 0, 0)
 		sent := int(r)
