@@ -24,7 +24,17 @@ func main() {
 		os.Exit(runSlirp4netns(context.Background(), os.Args[0], os.Args[1:], os.Stdout, os.Stderr))
 	}
 	maybeServePprof()
-	if err := newRootCommand().Execute(); err != nil {
+	root := newRootCommand()
+	if c, _, err := root.Find(os.Args[1:]); err == nil && c != root {
+		// Cobra would build its "completion" command (four long help
+		// texts) at every run; one of ferry's own commands, run by a
+		// container runtime or re-executed into the sandbox, has no use
+		// for it, and its allocations are page faults on the way to the
+		// ready signal. "ferry completion" and "ferry --help" still
+		// have it.
+		root.CompletionOptions.DisableDefaultCmd = true
+	}
+	if err := root.Execute(); err != nil {
 		var ee exitError
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)

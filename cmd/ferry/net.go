@@ -158,14 +158,14 @@ route via --gateway when given.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringArrayVar(&f.subnets, "subnet", nil, "the network's subnet in CIDR form (default: a free private range); with --ipv6, repeat it for the IPv6 subnet")
-	fl.StringArrayVar(&f.gateways, "gateway", nil, "the gateway address (default: the subnet's first address on a bridge, none on macvlan); one per family")
+	listVar(fl, &f.subnets, "subnet", "the network's subnet in CIDR form (default: a free private range); with --ipv6, repeat it for the IPv6 subnet")
+	listVar(fl, &f.gateways, "gateway", "the gateway address (default: the subnet's first address on a bridge, none on macvlan); one per family")
 	fl.StringVar(&f.ipRange, "ip-range", "", "hand out addresses only from this CIDR range inside the subnet")
 	fl.BoolVar(&f.internal, "internal", false, "no route out of the network: no MASQUERADE, traffic leaving the subnet is dropped")
 	fl.BoolVar(&f.ipv6, "ipv6", false, "dual stack: an IPv6 subnet too (default: a random unique local /64)")
 	fl.IntVar(&f.mtu, "mtu", 0, "MTU of the bridge and the veths (default 1500)")
 	fl.StringVarP(&f.driver, "driver", "d", "bridge", "network driver: bridge or macvlan")
-	fl.StringArrayVarP(&f.opts, "opt", "o", nil, "driver option KEY=VALUE: name=BRIDGE names the bridge, mtu=N; parent=IF (macvlan), macvlan_mode=bridge")
+	listVarP(fl, &f.opts, "opt", "o", "driver option KEY=VALUE: name=BRIDGE names the bridge, mtu=N; parent=IF (macvlan), macvlan_mode=bridge")
 	return cmd
 }
 
@@ -296,9 +296,9 @@ on the network's parent, and nothing is published.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.ip, "ip", "", "the namespace's address (default: the next free one)")
 	fl.StringVar(&f.ip6, "ip6", "", "the namespace's IPv6 address on a dual-stack network (default: the next free one)")
-	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a port, Docker's syntax: [[HOSTIP:][HOSTPORT]:]PORT[/udp] (repeatable)")
+	listVarP(fl, &f.publish, "publish", "p", "publish a port, Docker's syntax: [[HOSTIP:][HOSTPORT]:]PORT[/udp] (repeatable)")
 	fl.StringVar(&f.name, "name", "", "a name other namespaces on the network resolve to this one")
-	fl.StringArrayVar(&f.aliases, "alias", nil, "another name for this namespace on the network (repeatable)")
+	listVar(fl, &f.aliases, "alias", "another name for this namespace on the network (repeatable)")
 	return cmd
 }
 

@@ -19,7 +19,7 @@ type publishFlags struct {
 }
 
 func (f *publishFlags) register(fl *pflag.FlagSet) {
-	fl.StringArrayVarP(&f.specs, "publish", "p", nil,
+	listVarP(fl, &f.specs, "publish", "p",
 		"publish a port as docker run -p does: [[HOST_IP:][HOST_PORT]:]PORT[/tcp|/udp], ports may be ranges; no HOST_IP means 0.0.0.0 and [::] (repeatable)")
 	fl.StringVarP(&f.apiSocket, "api-socket", "a", "", "serve slirp4netns's port forwarding API on this UNIX socket (mode 0600; see 'ferry port')")
 }
