@@ -53,8 +53,11 @@
 // kill: a rare path the list misses fails that call (and ferry reports
 // the error as it would any other) instead of ending ferry, while
 // everything an attacker would want and ferry does not use (namespaces,
-// mounts, ptrace, process_vm_*, execve, keyrings, BPF, io_uring,
-// perf_event_open, module loading, ...) is refused. clone(2) passes
+// mounts, ptrace, process_vm_*, execve, keyrings, BPF, making or
+// registering io_uring rings, perf_event_open, module loading, ...) is
+// refused. io_uring_enter(2) passes for the one ring the TAP endpoint made
+// before the filter, which it restricted to reading the TAP (tap/uring.go).
+// clone(2) passes
 // without namespace flags; clone3(2) gets ENOSYS (its flags are out of the
 // filter's reach), which makes Go and glibc fall back to clone(2); another
 // architecture's syscalls kill the process. The list (see allowedCommon)

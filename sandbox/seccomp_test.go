@@ -108,7 +108,7 @@ func TestFilterVerdicts(t *testing.T) {
 	for name, nr := range map[string]uintptr{
 		"keyctl": unix.SYS_KEYCTL, "ptrace": unix.SYS_PTRACE, "unshare": unix.SYS_UNSHARE, "setns": unix.SYS_SETNS,
 		"mount": unix.SYS_MOUNT, "bpf": unix.SYS_BPF, "execve": unix.SYS_EXECVE, "process_vm_readv": unix.SYS_PROCESS_VM_READV,
-		"io_uring_setup": unix.SYS_IO_URING_SETUP, "perf_event_open": unix.SYS_PERF_EVENT_OPEN, "init_module": unix.SYS_INIT_MODULE,
+		"io_uring_setup": unix.SYS_IO_URING_SETUP, "io_uring_register": unix.SYS_IO_URING_REGISTER, "perf_event_open": unix.SYS_PERF_EVENT_OPEN, "init_module": unix.SYS_INIT_MODULE,
 		"landlock_restrict_self": unix.SYS_LANDLOCK_RESTRICT_SELF, "seccomp": unix.SYS_SECCOMP, "chroot": unix.SYS_CHROOT,
 	} {
 		if slices.Contains(Allowed(), nr) {

@@ -50,6 +50,8 @@ type vnetEndpoint struct {
 	mtu    uint32
 	addr   tcpip.LinkAddress
 
+	ring *uring // reads in batches; nil: one readv per frame
+
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
 	poller     *os.File // a dup of fd in Go's netpoller while the reader runs
@@ -72,7 +74,7 @@ var _ stack.GSOEndpoint = (*vnetEndpoint)(nil)
 
 // newVNetEndpoint returns an endpoint on fd, a TAP queue opened with
 // IFF_VNET_HDR and offloads set.
-func newVNetEndpoint(fd int, mtu uint32, mac net.HardwareAddr) (*vnetEndpoint, error) {
+func newVNetEndpoint(fd int, mtu uint32, mac net.HardwareAddr, ring *uring) (*vnetEndpoint, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, fmt.Errorf("TAP link endpoint: set nonblocking: %w", err)
 	}
@@ -80,7 +82,7 @@ func newVNetEndpoint(fd int, mtu uint32, mac net.HardwareAddr) (*vnetEndpoint, e
 	if err != nil {
 		return nil, fmt.Errorf("TAP link endpoint: eventfd: %w", err)
 	}
-	return &vnetEndpoint{fd: fd, stopFD: stopFD, mtu: mtu, addr: tcpip.LinkAddress(mac)}, nil
+	return &vnetEndpoint{fd: fd, stopFD: stopFD, mtu: mtu, addr: tcpip.LinkAddress(mac), ring: ring}, nil
 }
 
 // MTU implements stack.LinkEndpoint.
@@ -180,6 +182,9 @@ func (e *vnetEndpoint) Wait() { e.wg.Wait() }
 // Close implements stack.LinkEndpoint. The TAP fd belongs to the caller.
 func (e *vnetEndpoint) Close() {
 	unix.Close(e.stopFD)
+	if e.ring != nil {
+		e.ring.close()
+	}
 	if e.onClose != nil {
 		e.onClose()
 	}
@@ -213,11 +218,19 @@ func (e *vnetEndpoint) openPoller() syscall.RawConn {
 	return rc
 }
 
-// frameReader reads frames from the TAP into pooled chunks.
+// A frameSource reads what the TAP holds, a frame or a batch of them at a
+// time: the frames, in order, and whether the TAP was found empty.
+type frameSource interface {
+	read(fd int) (frames []*buffer.View, empty bool, err error)
+	release()
+}
+
+// frameReader reads one frame per readv(2) into pooled chunks.
 type frameReader struct {
 	hdr [vnetHdrLen]byte
 	iov [2]unix.Iovec
 	v   *buffer.View // kept across empty reads
+	out [1]*buffer.View
 }
 
 func (r *frameReader) release() {
@@ -227,19 +240,31 @@ func (r *frameReader) release() {
 	}
 }
 
-// read reads one frame from fd: the frame, or nil with the read's error
-// (nil for a runt, which is skipped).
-func (r *frameReader) read(fd int) (*buffer.View, error) {
+// read reads one frame from fd.
+func (r *frameReader) read(fd int) ([]*buffer.View, bool, error) {
 	if r.v == nil {
 		r.v = buffer.NewViewSize(maxFrame)
 	}
 	r.iov[0], r.iov[1] = iovec(r.hdr[:]), iovec(r.v.AsSlice())
 	n, err := readvRaw(fd, r.iov[:])
-	if err != nil {
-		return nil, err
+	if err == unix.EAGAIN {
+		return nil, true, nil
 	}
+	if err != nil {
+		return nil, false, err
+	}
+	if f := takeFrame(&r.v, n); f != nil {
+		r.out[0] = f
+		return r.out[:], false, nil
+	}
+	return nil, false, nil
+}
+
+// takeFrame returns the frame that a read of n bytes (virtio-net header
+// included) left in *v, or nil for a runt.
+func takeFrame(v **buffer.View, n int) *buffer.View {
 	if n <= vnetHdrLen+header.EthernetMinimumSize {
-		return nil, nil
+		return nil
 	}
 	if n-vnetHdrLen <= smallFrame {
 		// A small frame (an ACK, a datagram) gets a chunk of its own
@@ -247,12 +272,95 @@ func (r *frameReader) read(fd int) (*buffer.View, error) {
 		// chunk it hands out, and clones a frame's chunk when a
 		// forwarder shares it, so a 64 KiB chunk per small frame costs
 		// far more than this copy.
-		return buffer.NewViewWithData(r.v.AsSlice()[:n-vnetHdrLen]), nil
+		return buffer.NewViewWithData((*v).AsSlice()[:n-vnetHdrLen])
 	}
-	frame := r.v
+	frame := *v
 	frame.CapLength(n - vnetHdrLen)
-	r.v = nil
-	return frame, nil
+	*v = nil
+	return frame
+}
+
+// maxBatch bounds the reads of one batch. It is also the ring's size.
+const maxBatch = 16
+
+// batchReader reads up to a batch of frames per io_uring_enter. The batch
+// grows while the TAP fills it and shrinks when it does not, so that a
+// lone frame (a request and its answer) costs few empty reads, which are
+// cheap anyway: done inside the one system call, they are not system calls
+// of their own.
+type batchReader struct {
+	ring  *uring
+	hdr   [vnetHdrLen]byte // every read's header lands here: none is used
+	iovs  [maxBatch][2]unix.Iovec
+	views [maxBatch]*buffer.View // kept across empty reads
+	size  int                    // reads in the next batch
+	out   []*buffer.View
+	empty bool
+	err   error
+	done  func(tag uint64, res int32)
+	// plain takes over for good should the ring's reads ever stop
+	// completing at once (errNotInline).
+	plain *frameReader
+}
+
+func newBatchReader(ring *uring) *batchReader {
+	b := &batchReader{ring: ring, size: 2, out: make([]*buffer.View, 0, maxBatch)}
+	b.done = b.complete
+	return b
+}
+
+func (b *batchReader) release() {
+	if b.plain != nil {
+		b.plain.release()
+	}
+	for i, v := range b.views {
+		if v != nil {
+			v.Release()
+			b.views[i] = nil
+		}
+	}
+}
+
+// read reads a batch: the frames, in the order the TAP held them.
+func (b *batchReader) read(fd int) ([]*buffer.View, bool, error) {
+	if b.plain != nil {
+		return b.plain.read(fd)
+	}
+	for i := range b.size {
+		if b.views[i] == nil {
+			b.views[i] = buffer.NewViewSize(maxFrame)
+		}
+		b.iovs[i] = [2]unix.Iovec{iovec(b.hdr[:]), iovec(b.views[i].AsSlice())}
+		b.ring.queueReadv(b.iovs[i][:], uint64(i))
+	}
+	b.out, b.empty, b.err = b.out[:0], false, nil
+	if err := b.ring.submit(b.done); err == errNotInline {
+		b.plain = &frameReader{} // the frames read are still handed over
+	} else if err != nil {
+		b.err = err
+	}
+	switch n := len(b.out); {
+	case n == b.size:
+		b.size = min(2*b.size, maxBatch)
+	case b.empty:
+		b.size = min(max(2, 2*n), maxBatch)
+	}
+	return b.out, b.empty, b.err
+}
+
+// complete takes one read's result.
+func (b *batchReader) complete(tag uint64, res int32) {
+	switch {
+	case res >= 0:
+		if f := takeFrame(&b.views[tag], int(res)); f != nil {
+			b.out = append(b.out, f)
+		}
+	case unix.Errno(-res) == unix.EAGAIN:
+		b.empty = true
+	case unix.Errno(-res) == unix.EINTR:
+	case b.err == nil:
+		b.err = unix.Errno(-res)
+	}
 }
 
 // deliver hands one frame to the stack, in the calling goroutine.
@@ -265,44 +373,67 @@ func deliver(d stack.NetworkDispatcher, frame *buffer.View) {
 	pkt.DecRef()
 }
 
+// source returns the reader of the TAP's frames: batches through the ring,
+// or one readv per frame.
+func (e *vnetEndpoint) source() frameSource {
+	if e.ring != nil {
+		return newBatchReader(e.ring)
+	}
+	return &frameReader{}
+}
+
+// burst delivers frames to d in order, calling the burst hook every
+// maxBurst frames and, when empty says the TAP was drained, once the
+// frames are in; n counts frames since the hook last ran.
+func (e *vnetEndpoint) burst(d stack.NetworkDispatcher, frames []*buffer.View, empty bool, n *int) {
+	for i, f := range frames {
+		deliver(d, f)
+		frames[i] = nil
+		if *n++; *n >= maxBurst && e.burstDone != nil {
+			e.burstDone()
+			*n = 0
+		}
+	}
+	if empty && *n > 0 && e.burstDone != nil {
+		e.burstDone() // the burst is over
+		*n = 0
+	}
+}
+
 // pollLoop reads frames until the endpoint is detached (rc's file closed)
 // or the TAP fails, parking in the netpoller while the TAP is empty.
 func (e *vnetEndpoint) pollLoop(d stack.NetworkDispatcher, rc syscall.RawConn) {
-	var r frameReader
+	r := e.source()
 	defer r.release()
 	var (
-		frame *buffer.View
-		rerr  error
-		burst int // frames delivered since the burst hook last ran
+		frames []*buffer.View
+		empty  bool
+		rerr   error
+		n      int // frames delivered since the burst hook last ran
 	)
-	hook := e.burstDone
 	read := func(fd uintptr) bool {
 		for {
-			frame, rerr = r.read(int(fd))
-			switch rerr {
-			case unix.EAGAIN:
-				if burst > 0 && hook != nil {
-					hook() // the burst is over
-					burst = 0
+			frames, empty, rerr = r.read(int(fd))
+			if rerr == unix.EINTR {
+				continue
+			}
+			if rerr == nil && len(frames) == 0 && empty {
+				if n > 0 && e.burstDone != nil {
+					e.burstDone() // the burst is over
+					n = 0
 				}
 				return false // park until readable
-			case unix.EINTR:
-				continue
 			}
 			return true
 		}
 	}
 	for {
-		if err := rc.Read(read); err != nil || rerr != nil {
+		if err := rc.Read(read); err != nil {
 			return
 		}
-		if frame != nil {
-			deliver(d, frame)
-			frame = nil
-			if burst++; burst >= maxBurst && hook != nil {
-				hook()
-				burst = 0
-			}
+		e.burst(d, frames, empty, &n)
+		if rerr != nil {
+			return
 		}
 	}
 }
@@ -310,34 +441,24 @@ func (e *vnetEndpoint) pollLoop(d stack.NetworkDispatcher, rc syscall.RawConn) {
 // readLoop is pollLoop for a TAP fd Go cannot poll: it parks in poll(2).
 func (e *vnetEndpoint) readLoop(d stack.NetworkDispatcher) {
 	fds := []unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}, {Fd: int32(e.stopFD), Events: unix.POLLIN}}
-	var r frameReader
+	r := e.source()
 	defer r.release()
-	burst := 0
+	n := 0
 	for {
-		frame, err := r.read(e.fd)
-		switch {
-		case errors.Is(err, unix.EAGAIN):
-			if burst > 0 && e.burstDone != nil {
-				e.burstDone()
-			}
-			burst = 0
+		frames, empty, err := r.read(e.fd)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		e.burst(d, frames, empty, &n)
+		if err != nil {
+			return
+		}
+		if empty && len(frames) == 0 {
 			if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
 				return
 			}
 			if fds[1].Revents != 0 {
 				return
-			}
-			continue
-		case errors.Is(err, unix.EINTR):
-			continue
-		case err != nil:
-			return
-		}
-		if frame != nil {
-			deliver(d, frame)
-			if burst++; burst >= maxBurst && e.burstDone != nil {
-				e.burstDone()
-				burst = 0
 			}
 		}
 	}

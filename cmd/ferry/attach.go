@@ -217,7 +217,8 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 		n, landlock, err = startResumed(ctx, st, c.net, log)
 	case c.tapFD >= 0:
 		f := os.NewFile(uintptr(c.tapFD), "tap")
-		n, err = startNetworkOn(f, tap.HasVNetHeader(c.tapFD), c.net, log)
+		vnet := tap.HasVNetHeader(c.tapFD)
+		n, err = startNetworkOn(f, vnet, readRing(f, vnet, log), c.net, log)
 	default:
 		n, err = startNetwork(ctx, c.target, c.net, log)
 	}
@@ -278,8 +279,13 @@ func startResumed(ctx context.Context, st *sandbox.State, nc netConfig, log *slo
 	} else if r.LandlockABI == 0 {
 		log.Debug("running without Landlock", "reason", r.LandlockNote)
 	}
+	tapFile := os.NewFile(uintptr(st.TAPFD), "tap")
+	ring := readRing(tapFile, st.VNet, log) // before the filter refuses it
 	if st.Seccomp {
 		if err := installSeccomp(st.Strict, log); err != nil {
+			if ring != nil {
+				ring.Close()
+			}
 			return nil, 0, err
 		}
 	}
@@ -290,7 +296,7 @@ func startResumed(ctx context.Context, st *sandbox.State, nc netConfig, log *slo
 		// The path stage 1 created; the sandbox binds it there.
 		nc.pcap = st.Pcap
 	}
-	n, err := startNetworkOn(os.NewFile(uintptr(st.TAPFD), "tap"), st.VNet, nc, log)
+	n, err := startNetworkOn(tapFile, st.VNet, ring, nc, log)
 	if err == nil && nc.kernelPorts {
 		if n.dialer, err = resumeDialer(n); err != nil { // started by stage 1
 			n.Close()

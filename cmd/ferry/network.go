@@ -249,7 +249,7 @@ func startNetwork(ctx context.Context, t nsenter.Target, c netConfig, log *slog.
 			return nil, err
 		}
 	}
-	n, err := startNetworkOn(q.File, q.VNet, c, log)
+	n, err := startNetworkOn(q.File, q.VNet, readRing(q.File, q.VNet, log), c, log)
 	if err != nil {
 		if dialer != nil {
 			dialer.Close()
@@ -260,9 +260,26 @@ func startNetwork(ctx context.Context, t nsenter.Target, c netConfig, log *slog.
 	return n, nil
 }
 
-// startNetworkOn runs the stack on an open TAP, which it takes over; vnet
-// says it carries virtio-net headers.
-func startNetworkOn(tapFile *os.File, vnet bool, c netConfig, log *slog.Logger) (*network, error) {
+// readRing returns a ring that reads the TAP's frames in bursts (made
+// before a seccomp filter refuses io_uring_setup), or nil, logged, when
+// the TAP has no virtio-net headers (vnet) or the kernel refused a ring.
+func readRing(tapFile *os.File, vnet bool, log *slog.Logger) *tap.ReadRing {
+	if !vnet {
+		return nil
+	}
+	r, err := tap.NewReadRing(int(tapFile.Fd()))
+	if err != nil {
+		log.Debug("reading the TAP one frame per readv: no io_uring", "err", err)
+		return nil
+	}
+	log.Debug("reading the TAP in bursts through io_uring")
+	return r
+}
+
+// startNetworkOn runs the stack on an open TAP, which it takes over, with
+// ring (which may be nil) from readRing; vnet says the TAP carries
+// virtio-net headers.
+func startNetworkOn(tapFile *os.File, vnet bool, ring *tap.ReadRing, c netConfig, log *slog.Logger) (*network, error) {
 	oneProc()
 	if len(c.stack.DNSUpstreams) == 0 && !c.stack.DisableDNS {
 		up, err := stack.UpstreamsFromResolvConf("/etc/resolv.conf")
@@ -271,7 +288,7 @@ func startNetworkOn(tapFile *os.File, vnet bool, c netConfig, log *slog.Logger) 
 		}
 		c.stack.DNSUpstreams = up
 	}
-	link, err := tap.NewEndpoint(int(tapFile.Fd()), uint32(c.tap.MTU), gatewayMAC(c.stack.Network), vnet)
+	link, err := tap.NewEndpoint(int(tapFile.Fd()), uint32(c.tap.MTU), gatewayMAC(c.stack.Network), vnet, ring)
 	if err != nil {
 		tapFile.Close()
 		return nil, err
