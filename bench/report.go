@@ -41,6 +41,7 @@ var metrics = []metric{
 	{mHostileQuietCPU, "hostile row: CPU s per GB alone", false},
 	{mHostileFloodCPU, "hostile row: CPU s per GB under the floods", false},
 	{mHostileFlooderCPU, "hostile row: the flooder's own CPU, % of a core", false},
+	{mHostileFrameCPU, "hostile row: ferry's CPU per frame of the flood alone (no transfer), µs", false},
 }
 
 // stat is one tool's spread of one metric over the runs.
