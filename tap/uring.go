@@ -240,7 +240,9 @@ var errNotInline = errors.New("io_uring read did not complete at once")
 // read, or a negative errno). It does not tell Go's scheduler about the
 // call, which never waits (see readvRaw). Should a read not complete at
 // once, submit waits for it (telling the scheduler), so that no read is
-// left with a buffer when it returns, and then returns errNotInline.
+// left with a buffer when it returns, and then returns errNotInline. On
+// any error the ring is not to be used again: reads it did not submit
+// stay queued, and their buffers untouched.
 func (r *uring) submit(done func(tag uint64, res int32)) error {
 	n := r.queued
 	if n == 0 {
@@ -248,20 +250,28 @@ func (r *uring) submit(done func(tag uint64, res int32)) error {
 	}
 	atomic.StoreUint32(r.sqTail, *r.sqTail+n) // release: the SQEs are written
 	r.queued = 0
-	for {
-		_, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(n), 0, 0, 0, 0)
+	var submitted uint32
+	for submitted < n {
+		ret, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(n-submitted), 0, 0, 0, 0)
 		if errno == unix.EINTR {
 			continue
 		}
-		if errno != 0 {
-			return fmt.Errorf("io_uring_enter: %w", errno)
+		if errno != 0 || ret == 0 {
+			r.reap(done)
+			if errno == 0 {
+				errno = unix.EAGAIN
+			}
+			return fmt.Errorf("io_uring_enter: submitted %d of %d reads: %w", submitted, n, errno)
 		}
-		break
+		submitted += uint32(ret)
 	}
 	got := r.reap(done)
 	if got == n {
 		return nil
 	}
+	// With RWF_NOWAIT a read either completes at once or fails with
+	// EOPNOTSUPP, which probe sees first: this is for a kernel that
+	// would do otherwise.
 	for got < n {
 		_, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), 0, uintptr(n-got), ioringEnterGetEvents, 0, 0)
 		if errno != 0 && errno != unix.EINTR {

@@ -298,8 +298,7 @@ type batchReader struct {
 	empty bool
 	err   error
 	done  func(tag uint64, res int32)
-	// plain takes over for good should the ring's reads ever stop
-	// completing at once (errNotInline).
+	// plain takes over for good should the ring ever fail.
 	plain *frameReader
 }
 
@@ -334,10 +333,10 @@ func (b *batchReader) read(fd int) ([]*buffer.View, bool, error) {
 		b.ring.queueReadv(b.iovs[i][:], uint64(i))
 	}
 	b.out, b.empty, b.err = b.out[:0], false, nil
-	if err := b.ring.submit(b.done); err == errNotInline {
-		b.plain = &frameReader{} // the frames read are still handed over
-	} else if err != nil {
-		b.err = err
+	if err := b.ring.submit(b.done); err != nil {
+		// The ring failed (it should not): read on with readv. The
+		// frames it read are still handed over.
+		b.plain = &frameReader{}
 	}
 	switch n := len(b.out); {
 	case n == b.size:
