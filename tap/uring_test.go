@@ -25,13 +25,20 @@ func seqpacketPair(t *testing.T) (r, w int) {
 	return fds[0], fds[1]
 }
 
-func TestURingReadsInOrder(t *testing.T) {
-	r, w := seqpacketPair(t)
+// ringPair returns a ring on the reading end of a seqpacketPair.
+func ringPair(t *testing.T) (ring *uring, r, w int) {
+	t.Helper()
+	r, w = seqpacketPair(t)
 	ring, err := newURing(r, maxBatch)
 	if err != nil {
 		t.Fatalf("newURing: %v", err)
 	}
-	defer ring.close()
+	t.Cleanup(ring.close)
+	return ring, r, w
+}
+
+func TestURingReadsInOrder(t *testing.T) {
+	ring, _, w := ringPair(t)
 	for i := range 5 {
 		if _, err := unix.Write(w, bytes.Repeat([]byte{byte(i)}, 100+i)); err != nil {
 			t.Fatal(err)
@@ -172,12 +179,7 @@ func setUp(index int) error {
 // checks that every frame arrives once, whole and in order.
 func TestFrameSources(t *testing.T) {
 	t.Run("ring", func(t *testing.T) {
-		r, w := seqpacketPair(t)
-		ring, err := newURing(r, maxBatch)
-		if err != nil {
-			t.Fatalf("newURing: %v", err)
-		}
-		defer ring.close()
+		ring, r, w := ringPair(t)
 		b := newBatchReader(ring)
 		defer b.release()
 		testFrameSource(t, b, r, w)
@@ -248,12 +250,7 @@ func testFrameSource(t *testing.T, b frameSource, r, w int) {
 // registered file: another operation, or a readv of a file by its number,
 // is refused (EACCES), and registering anything more is too.
 func TestURingRestricted(t *testing.T) {
-	r, w := seqpacketPair(t)
-	ring, err := newURing(r, maxBatch)
-	if err != nil {
-		t.Fatalf("newURing: %v", err)
-	}
-	defer ring.close()
+	ring, _, w := ringPair(t)
 	if _, err := unix.Write(w, make([]byte, 64)); err != nil {
 		t.Fatal(err)
 	}
@@ -291,12 +288,7 @@ func TestURingRestricted(t *testing.T) {
 // TestBatchReaderFallsBack breaks the ring under a batch reader: it reads
 // on with readv, and no frame is lost.
 func TestBatchReaderFallsBack(t *testing.T) {
-	r, w := seqpacketPair(t)
-	ring, err := newURing(r, maxBatch)
-	if err != nil {
-		t.Fatalf("newURing: %v", err)
-	}
-	defer ring.close()
+	ring, r, w := ringPair(t)
 	b := newBatchReader(ring)
 	defer b.release()
 	for i := range 3 {
