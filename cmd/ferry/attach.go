@@ -240,7 +240,7 @@ func serveAttach(ctx context.Context, c *attachConfig, pf *publishFlags, log *sl
 	defer stopPublishing()
 	sandboxed := st != nil && sandbox.Report().Failed == ""
 	log.Info("network up", "target", c.target.NetnsPath, "tap", c.net.tap.Name, "sandbox", sandboxed,
-		"landlock", landlock, "seccomp", c.seccomp)
+		"landlock", landlock, "seccomp", c.seccomp, "tap_reads", n.tapReads)
 	if c.banner != nil {
 		c.banner(n)
 	}

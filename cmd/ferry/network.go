@@ -230,6 +230,9 @@ type network struct {
 	// dialer opens sockets inside the namespace for --port-driver=kernel
 	// (nil otherwise).
 	dialer *nsenter.Dialer
+	// tapReads is how frames are read from the TAP: "io_uring" (in bursts)
+	// or "readv" (one per call).
+	tapReads string
 }
 
 // startNetwork creates the TAP in the target's namespace and runs the stack
@@ -317,7 +320,11 @@ func startNetworkOn(tapFile *os.File, vnet bool, ring *tap.ReadRing, c netConfig
 	}
 	log.Debug("network up", "tap", c.tap.Name, "mtu", c.tap.MTU, "offloads", vnet,
 		"network", c.stack.Network.Prefix, "gateway", c.stack.Network.Gateway, "dns", c.stack.Network.DNS)
-	return &network{tapFile: tapFile, stack: st, pcap: pcap}, nil
+	reads := "readv"
+	if ring != nil && vnet {
+		reads = "io_uring"
+	}
+	return &network{tapFile: tapFile, stack: st, pcap: pcap, tapReads: reads}, nil
 }
 
 // Close stops the stack and closes the TAP.
