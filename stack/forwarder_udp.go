@@ -20,7 +20,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -362,10 +361,10 @@ func addrOf(a tcpip.Address) netip.Addr {
 }
 
 // bypass takes, before the stack sees it, a frame the stack need not see:
-// a datagram for the fast path (fastUDP) or one to shed (shed). It reports
-// whether it took pkt.
-func (st *Stack) bypass(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
-	return st.fastUDP(proto, pkt) || st.shed(proto, pkt)
+// a datagram for the fast path (fastUDP) or one to shed (shed). It is the
+// guest NIC's bypassFunc: newConn says pkt is a SYN no endpoint holds.
+func (st *Stack) bypass(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer, newConn bool) bool {
+	return st.fastUDP(proto, pkt) || st.shed(proto, pkt, newConn)
 }
 
 // shed drops, before the stack sees it, a frame that would open a new flow
@@ -376,8 +375,9 @@ func (st *Stack) bypass(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuff
 // Under a flood to random addresses and ports this spares the stack the
 // work of looking for each destination among the addresses it holds (one
 // per flow's destination), which it does by scanning them all. Frames of
-// flows that exist, and to the stack's own sockets (DNS), go on.
-func (st *Stack) shed(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+// flows that exist, and to the stack's own sockets (DNS), go on: for a
+// SYN, newConn says no endpoint holds it (timeWaitReuser looked it up).
+func (st *Stack) shed(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer, newConn bool) bool {
 	if st.counters.udpUnanswered.Load() >= int64(st.cfg.MaxUnansweredUDP) {
 		id, _, ok := transportID(proto, pkt, header.UDPProtocolNumber, header.UDPMinimumSize)
 		if ok && st.s.FindTransportEndpoint(proto, udp.ProtocolNumber, id, nicID) == nil {
@@ -387,12 +387,9 @@ func (st *Stack) shed(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer
 			return true
 		}
 	}
-	if st.counters.tcpDialing.Load() >= int64(st.cfg.MaxInFlightSYNs) {
-		id, ok := synID(proto, pkt)
-		if ok && st.s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) == nil {
-			st.counters.drop(DropSYNFlood)
-			return true
-		}
+	if newConn && st.counters.tcpDialing.Load() >= int64(st.cfg.MaxInFlightSYNs) {
+		st.counters.drop(DropSYNFlood)
+		return true
 	}
 	return false
 }

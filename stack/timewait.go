@@ -30,14 +30,21 @@ import (
 // connection does. The old endpoint finishes its timer unseen.
 //
 // It also takes, when bypass says so, frames before the stack sees them
-// (see Stack.bypass: the UDP fast path and shedding under floods).
+// (see Stack.bypass: the UDP fast path and shedding under floods); it
+// tells bypass whether a frame is a SYN that no endpoint holds, which it
+// has just looked up.
 type timeWaitReuser struct {
 	nested.Endpoint
 	s      *stack.Stack
-	bypass func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool
+	bypass bypassFunc
 }
 
-func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint, bypass func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) bool) *timeWaitReuser {
+// A bypassFunc takes frames before the stack sees them and reports whether
+// it took pkt; newConn says pkt is a SYN that no endpoint holds, the
+// opening of a new connection.
+type bypassFunc func(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer, newConn bool) bool
+
+func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint, bypass bypassFunc) *timeWaitReuser {
 	r := &timeWaitReuser{s: s, bypass: bypass}
 	r.Endpoint.Init(child, r)
 	return r
@@ -45,25 +52,32 @@ func newTimeWaitReuser(s *stack.Stack, child stack.LinkEndpoint, bypass func(tcp
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (r *timeWaitReuser) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	newConn := false
 	if id, ok := synID(proto, pkt); ok {
-		r.retire(proto, id)
+		newConn = r.retire(proto, id)
 	}
-	if r.bypass != nil && r.bypass(proto, pkt) {
+	if r.bypass != nil && r.bypass(proto, pkt, newConn) {
 		return
 	}
 	r.Endpoint.DeliverNetworkPacket(proto, pkt)
 }
 
-// retire takes a TIME-WAIT endpoint holding id out of the demuxer.
-func (r *timeWaitReuser) retire(proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID) {
-	ep, ok := r.s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID).(*tcp.Endpoint)
+// retire takes a TIME-WAIT endpoint holding id out of the demuxer. It
+// reports whether no endpoint holds id now.
+func (r *timeWaitReuser) retire(proto tcpip.NetworkProtocolNumber, id stack.TransportEndpointID) bool {
+	found := r.s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID)
+	if found == nil {
+		return true
+	}
+	ep, ok := found.(*tcp.Endpoint)
 	if !ok || tcp.EndpointState(ep.State()) != tcp.StateTimeWait {
-		return
+		return false
 	}
 	// ferry's endpoints are bound with no port flags and to no device. The
 	// demuxer removes this endpoint only, and its own cleanup when the
 	// timer fires finds it gone and leaves any newer one alone.
 	r.s.UnregisterTransportEndpoint([]tcpip.NetworkProtocolNumber{proto}, tcp.ProtocolNumber, id, ep, ports.Flags{}, 0)
+	return true
 }
 
 // synID returns the transport endpoint ID (from the stack's point of view)

@@ -139,3 +139,61 @@ func (g *tcpGuest) recv(timeout time.Duration) header.TCP {
 		return tcp
 	}
 }
+
+// TestSYNShedOverInFlightLimit fills the in-flight SYN limit: a SYN that
+// would open a new connection is then dropped before the stack sees it,
+// and counted, while a SYN on a connection that exists still reaches its
+// endpoint (which answers it with an ACK), and a new connection opens
+// again once the limit has room.
+func TestSYNShedOverInFlightLimit(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open until the test ends
+		}
+	}()
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	ep := channel.New(256, 1500, "\x52\x55\x0a\x00\x02\x02")
+	st, err := New(Config{Link: ep, Network: NewNetwork(netip.MustParsePrefix(DefaultCIDR))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+
+	open := &tcpGuest{t: t, ep: ep, srcPort: 40000, dstPort: port}
+	open.send(header.TCPFlagSyn, 1000, 0)
+	synAck := open.recv(time.Second)
+	if synAck == nil || synAck.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
+		t.Fatalf("first connection: answer to the SYN %v, want a SYN-ACK", synAck)
+	}
+	irs := synAck.SequenceNumber()
+	open.send(header.TCPFlagAck, 1001, irs+1)
+
+	st.counters.tcpDialing.Store(int64(st.cfg.MaxInFlightSYNs)) // the limit is full
+	fresh := &tcpGuest{t: t, ep: ep, srcPort: 40001, dstPort: port}
+	fresh.send(header.TCPFlagSyn, 5000, 0)
+	if got := fresh.recv(300 * time.Millisecond); got != nil {
+		t.Errorf("a new connection's SYN over the limit was answered: %v", got)
+	}
+	if n := st.Stats().Drops[DropSYNFlood]; n != 1 {
+		t.Errorf("%s drops: %d, want 1", DropSYNFlood, n)
+	}
+	open.send(header.TCPFlagSyn, 1000, 0) // a SYN on the open connection
+	if got := open.recv(time.Second); got == nil || got.Flags() != header.TCPFlagAck {
+		t.Errorf("a SYN on an open connection over the limit: answer %v, want its endpoint's ACK", got)
+	}
+
+	st.counters.tcpDialing.Store(0)
+	fresh.send(header.TCPFlagSyn, 5000, 0)
+	if got := fresh.recv(time.Second); got == nil || got.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
+		t.Errorf("a new connection once the limit has room: answer %v, want a SYN-ACK", got)
+	}
+}
