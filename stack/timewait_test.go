@@ -21,28 +21,7 @@ import (
 // answered with a SYN-ACK at once, neither dropped (the guest would wait a
 // second to retry) nor reset.
 func TestSYNOnTimeWaitTuple(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close() // the server closes first
-		}
-	}()
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
-
-	ep := channel.New(256, 1500, "\x52\x55\x0a\x00\x02\x02")
-	st, err := New(Config{Link: ep, Network: NewNetwork(netip.MustParsePrefix(DefaultCIDR))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, ep, port := stackToServer(t, func(c net.Conn) { c.Close() }) // the server closes first
 	g := &tcpGuest{t: t, ep: ep, srcPort: 40000, dstPort: port}
 
 	for round, iss := range []uint32{1000, 900_000} {
@@ -71,6 +50,34 @@ func TestSYNOnTimeWaitTuple(t *testing.T) {
 	if n := st.Stats().Drops[DropStackReset]; n != 0 {
 		t.Errorf("the stack sent %d RSTs", n)
 	}
+}
+
+// stackToServer starts a server on the host's loopback that hands each
+// connection to handle, and a stack on a channel link whose guest reaches
+// it through the gateway at the returned port. Both stop with the test.
+func stackToServer(t *testing.T, handle func(net.Conn)) (*Stack, *channel.Endpoint, uint16) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			handle(c)
+		}
+	}()
+	ep := channel.New(256, 1500, "\x52\x55\x0a\x00\x02\x02")
+	st, err := New(Config{Link: ep, Network: NewNetwork(netip.MustParsePrefix(DefaultCIDR))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st, ep, uint16(l.Addr().(*net.TCPAddr).Port)
 }
 
 // tcpGuest writes a guest's TCP segments from 10.0.2.100 to the gateway
@@ -146,27 +153,7 @@ func (g *tcpGuest) recv(timeout time.Duration) header.TCP {
 // endpoint (which answers it with an ACK), and a new connection opens
 // again once the limit has room.
 func TestSYNShedOverInFlightLimit(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open until the test ends
-		}
-	}()
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
-	ep := channel.New(256, 1500, "\x52\x55\x0a\x00\x02\x02")
-	st, err := New(Config{Link: ep, Network: NewNetwork(netip.MustParsePrefix(DefaultCIDR))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, ep, port := stackToServer(t, func(c net.Conn) { t.Cleanup(func() { c.Close() }) }) // held open
 
 	open := &tcpGuest{t: t, ep: ep, srcPort: 40000, dstPort: port}
 	open.send(header.TCPFlagSyn, 1000, 0)

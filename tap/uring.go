@@ -230,17 +230,12 @@ func (r *uring) queueReadv(iov []unix.Iovec, tag uint64) {
 	r.queued++
 }
 
-// errNotInline reports reads that did not complete inside io_uring_enter:
-// the file does not take nonblocking reads from io_uring, which then
-// hands them to its worker threads, one at a time.
-var errNotInline = errors.New("io_uring read did not complete at once")
-
 // submit hands the queued reads to the kernel, which does them in order
 // before it returns, and calls done with each one's tag and result (bytes
 // read, or a negative errno). It does not tell Go's scheduler about the
 // call, which never waits (see readvRaw). Should a read not complete at
 // once, submit waits for it (telling the scheduler), so that no read is
-// left with a buffer when it returns, and then returns errNotInline. On
+// left with a buffer when it returns, and then returns an error. On
 // any error the ring is not to be used again: reads it did not submit
 // stay queued, and their buffers untouched.
 func (r *uring) submit(done func(tag uint64, res int32)) error {
@@ -279,7 +274,9 @@ func (r *uring) submit(done func(tag uint64, res int32)) error {
 		}
 		got += r.reap(done)
 	}
-	return errNotInline
+	// The file does not take nonblocking reads from io_uring, which then
+	// hands them to its worker threads, one at a time.
+	return errors.New("io_uring reads did not complete at once")
 }
 
 // reap calls done for each completion in the CQ ring and returns how many.
